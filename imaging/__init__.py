@@ -1,0 +1,1 @@
+"""imaging domain of diffsuite."""

@@ -1,0 +1,1 @@
+"""medical domain of diffsuite."""

@@ -1,0 +1,1 @@
+"""molecules domain of diffsuite."""

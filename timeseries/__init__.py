@@ -1,0 +1,1 @@
+"""timeseries domain of diffsuite."""
