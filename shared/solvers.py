@@ -1,0 +1,350 @@
+"""Solvers: one step of a sampler over an explicit time grid, with no hidden state.
+
+Every solver has ``init_state(x) -> state`` and
+``step(denoise, x, t, t_next, state, *, process, space, generator) -> (x_next, state)`` where
+``denoise(x, t) -> x0_hat``, ``x: [B, *S]`` (or the space's layout) and ``t, t_next: [B]``.
+Multistep history lives in the returned ``state`` (a tuple), never on the instance, so one
+solver object can serve interleaved calls with different batch shapes and threads.
+
+Notation (paper names): ``a, s = alpha(t), sigma(t)``; ``lam = log(a / s)`` in DPM-Solver;
+``k = s / a`` is the EDM noise level of ``x / a``; ``D`` is the denoiser output.
+All coefficients are computed in float64 and cast to ``x.dtype``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from .process import NoiseProcess
+from .spaces import Space
+
+DenoiseFn = Callable[[Tensor, Tensor], Tensor]
+
+__all__ = [
+    "Solver", "DDIM", "DDPM", "Euler", "Heun", "EulerAncestral", "DPMSolverPP",
+    "DPMSolverPPSDE", "EulerMaruyama", "PredictorCorrector", "SOLVERS", "make",
+]
+
+
+class Solver:
+    """Base class. ``nfe_per_step`` counts model evaluations of a full step."""
+
+    name: str = "solver"
+    nfe_per_step: int = 1
+    deterministic: bool = True
+    order: int = 1
+
+    def init_state(self, x: Tensor) -> Any:
+        return ()
+
+    def step(self, denoise: DenoiseFn, x: Tensor, t: Tensor, t_next: Tensor, state: Any, *,
+             process: NoiseProcess, space: Space, generator=None) -> tuple[Tensor, Any]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name})"
+
+
+def _as(c: Tensor, x: Tensor, space: Space) -> Tensor:
+    return space.bcast(c, x)
+
+
+def _ddim_update(x, D, a, s, an, sn, space, c=None, z=None):
+    """``x_next = an D + sqrt(sn^2 - c^2) eps_hat + c z`` with ``eps_hat = (x - a D) / s``."""
+    eps = (x - _as(a, x, space) * D) / _as(s, x, space)
+    if c is None:
+        return _as(an, x, space) * D + _as(sn, x, space) * eps
+    out = _as(an, x, space) * D + _as((sn * sn - c * c).clamp_min(0).sqrt(), x, space) * eps
+    return out + _as(c, x, space) * z
+
+
+@dataclass(frozen=True)
+class DDIM(Solver):
+    """DDIM(eta), Song et al. 2021, eq. 12: ``eta = 0`` deterministic, ``eta = 1`` is the DDPM
+    posterior ``q(x_s | x_t, x0_hat)`` (Ho et al. 2020)."""
+
+    eta: float = 0.0
+    name: str = "ddim"
+
+    @property
+    def deterministic(self):  # type: ignore[override]
+        return self.eta == 0.0
+
+    def step(self, denoise, x, t, t_next, state, *, process, space, generator=None):
+        D = denoise(x, t)
+        a, s = process.alpha(t), process.sigma(t)
+        an, sn = process.alpha(t_next), process.sigma(t_next)
+        if self.eta == 0.0:
+            return _ddim_update(x, D, a, s, an, sn, space), state
+        # posterior std: eta * sn/s * sqrt(s^2 - (a/an)^2 sn^2)
+        ratio = torch.where(an > 0, a / an.clamp_min(1e-300), torch.zeros_like(a))
+        c = self.eta * sn / s * (s * s - ratio**2 * sn * sn).clamp_min(0).sqrt()
+        if not (c > 0).any():  # last step: no noise is drawn (as in diffusers)
+            return _ddim_update(x, D, a, s, an, sn, space), state
+        z = space.noise(x, generator)
+        return _ddim_update(x, D, a, s, an, sn, space, c, z), state
+
+
+def DDPM() -> DDIM:
+    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2, posterior variance): DDIM with eta = 1."""
+    return DDIM(eta=1.0, name="ddpm")
+
+
+@dataclass(frozen=True)
+class Euler(Solver):
+    """Euler on the probability-flow ODE ``dx_hat/dk = (x_hat - D)/k`` in ``x_hat = x/a``,
+    ``k = s/a`` (Karras et al. 2022, Alg. 1 without the 2nd-order correction). Written in
+    ``(a, s)`` form it is algebraically the DDIM(0) update, which stays finite where a = 0."""
+
+    name: str = "euler"
+
+    def step(self, denoise, x, t, t_next, state, *, process, space, generator=None):
+        D = denoise(x, t)
+        a, s = process.alpha(t), process.sigma(t)
+        an, sn = process.alpha(t_next), process.sigma(t_next)
+        return _ddim_update(x, D, a, s, an, sn, space), state
+
+
+@dataclass(frozen=True)
+class Heun(Solver):
+    """Heun with EDM churn, Karras et al. 2022, Alg. 2. Churn raises the noise level to
+    ``k_hat = k (1 + gamma)``, ``gamma = min(S_churn / n_steps, sqrt(2) - 1)`` inside
+    ``[S_tmin, S_tmax]``, and the model is evaluated after the churn. The 2nd-order correction is
+    skipped on the last step (``sigma_next = 0``) and where ``alpha(t_hat) = 0`` (infinite k)."""
+
+    S_churn: float = 0.0
+    S_tmin: float = 0.0
+    S_tmax: float = float("inf")
+    S_noise: float = 1.0
+    n_steps: int = 1
+    name: str = "heun"
+    nfe_per_step: int = 2
+    order: int = 2
+
+    @property
+    def deterministic(self):  # type: ignore[override]
+        return self.S_churn == 0.0
+
+    def step(self, denoise, x, t, t_next, state, *, process, space, generator=None):
+        a, s = process.alpha(t), process.sigma(t)
+        k = s / a
+        if self.S_churn > 0:
+            g = min(self.S_churn / self.n_steps, math.sqrt(2) - 1)
+            gamma = torch.where((k >= self.S_tmin) & (k <= self.S_tmax), torch.full_like(k, g),
+                                torch.zeros_like(k))
+            k_hat = k * (1 + gamma)
+            t_hat = process.t_of_edm_sigma(k_hat).clamp(max=1.0)
+            t_hat = torch.where(gamma > 0, t_hat, t.to(torch.float64))
+            a_hat, s_hat = process.alpha(t_hat), process.sigma(t_hat)
+            k_hat = s_hat / a_hat
+            extra = (k_hat * k_hat - k * k).clamp_min(0).sqrt() * self.S_noise
+            if (extra > 0).any():
+                z = space.noise(x, generator)
+                x = _as(a_hat / a, x, space) * x + _as(a_hat * extra, x, space) * z
+            t, a, s, k = t_hat.to(t.dtype), a_hat, s_hat, k_hat
+        an, sn = process.alpha(t_next), process.sigma(t_next)
+        D1 = denoise(x, t)
+        x_e = _ddim_update(x, D1, a, s, an, sn, space)
+        kn = sn / an
+        use2 = (sn > 0) & torch.isfinite(k)
+        if not use2.any():
+            return x_e, state
+        D2 = denoise(x_e, t_next)
+        # x_hat_n = x_hat_euler + (kn - k)/(2 kn) (D1 - D2)   (trapezoid, rearranged)
+        c = torch.where(use2, an * 0.5 * (1 - k / kn.clamp_min(1e-300)), torch.zeros_like(kn))
+        return x_e + _as(c, x, space) * (D1 - D2), state
+
+
+@dataclass(frozen=True)
+class EulerAncestral(Solver):
+    """Euler ancestral (k-diffusion ``sample_euler_ancestral``): deterministic step down to
+    ``k_down``, then fresh noise ``k_up`` with ``k_up = min(kn, eta sqrt(kn^2 (k^2 - kn^2)/k^2))``."""
+
+    eta: float = 1.0
+    s_noise: float = 1.0
+    name: str = "euler_ancestral"
+    deterministic: bool = False
+
+    def step(self, denoise, x, t, t_next, state, *, process, space, generator=None):
+        D = denoise(x, t)
+        a, s = process.alpha(t), process.sigma(t)
+        an, sn = process.alpha(t_next), process.sigma(t_next)
+        k, kn = s / a, sn / an
+        ratio = torch.where(torch.isfinite(k), kn / k, torch.zeros_like(k))
+        up = torch.minimum(kn, self.eta * kn * (1 - ratio**2).clamp_min(0).sqrt())
+        down = (kn * kn - up * up).clamp_min(0).sqrt()
+        # x_hat_n = D + (down/k)(x_hat - D) + up z ;  in x:  an (D + down (x - aD)/s) + an up z
+        eps = (x - _as(a, x, space) * D) / _as(s, x, space)
+        x_n = _as(an, x, space) * D + _as(an * down, x, space) * eps
+        if (up > 0).any():
+            x_n = x_n + _as(an * up * self.s_noise, x, space) * space.noise(x, generator)
+        return x_n, state
+
+
+def _lam(process, t):
+    """DPM-Solver's half log-SNR ``log(alpha / sigma)``."""
+    return 0.5 * process.log_snr(t)
+
+
+@dataclass(frozen=True)
+class DPMSolverPP(Solver):
+    """DPM-Solver++(kM) multistep, Lu et al. 2022, Alg. 2 (k = 2) and the 3rd-order update of
+    the same paper (diffusers ``multistep_dpm_solver_third_order_update``). The first steps use
+    lower order until enough history exists; a step to ``sigma = 0`` (``h = inf``) is 1st order.
+    ``state`` is the tuple of previous ``(D, lam)`` pairs, newest last."""
+
+    solver_order: int = 2
+    name: str = "dpmpp_2m"
+
+    @property
+    def order(self):  # type: ignore[override]
+        return self.solver_order
+
+    def step(self, denoise, x, t, t_next, state, *, process, space, generator=None):
+        D0 = denoise(x, t)
+        a, s = process.alpha(t), process.sigma(t)
+        an, sn = process.alpha(t_next), process.sigma(t_next)
+        lam, lam_n = _lam(process, t), _lam(process, t_next)
+        h = lam_n - lam
+        order = min(self.solver_order, len(state) + 1)
+        if not torch.isfinite(h).all():
+            order = 1
+        em1 = torch.expm1(-h)  # exp(-h) - 1
+        ratio = torch.where(sn > 0, sn / s, torch.zeros_like(s))
+        x_n = _as(ratio, x, space) * x - _as(an * em1, x, space) * D0
+        if order >= 2:
+            D1m, lam1 = state[-1]
+            r0 = (lam - lam1) / h
+            D1_0 = (D0 - D1m) / _as(r0, x, space)
+            if order == 2:
+                x_n = x_n - _as(0.5 * an * em1, x, space) * D1_0
+            else:
+                D2m, lam2 = state[-2]
+                r1 = (lam1 - lam2) / h
+                D1_1 = (D1m - D2m) / _as(r1, x, space)
+                D1 = D1_0 + _as(r0 / (r0 + r1), x, space) * (D1_0 - D1_1)
+                D2 = (D1_0 - D1_1) / _as(r0 + r1, x, space)
+                x_n = x_n + _as(an * (em1 / h + 1), x, space) * D1 \
+                    - _as(an * ((em1 + h) / (h * h) - 0.5), x, space) * D2
+        keep = max(self.solver_order - 1, 0)
+        new_state = (tuple(state) + ((D0, lam),))[-keep:] if keep else ()
+        return x_n, new_state
+
+
+@dataclass(frozen=True)
+class DPMSolverPPSDE(Solver):
+    """SDE-DPM-Solver++(2M), Lu et al. 2022 (diffusers ``sde-dpmsolver++``, midpoint):
+    ``x_n = (sn/s) e^-h x + an (1 - e^-2h)(D0 + D1/2) + sn sqrt(1 - e^-2h) z``."""
+
+    solver_order: int = 2
+    name: str = "dpmpp_2m_sde"
+    deterministic: bool = False
+
+    def step(self, denoise, x, t, t_next, state, *, process, space, generator=None):
+        D0 = denoise(x, t)
+        s = process.sigma(t)
+        an, sn = process.alpha(t_next), process.sigma(t_next)
+        lam, lam_n = _lam(process, t), _lam(process, t_next)
+        h = lam_n - lam
+        order = min(self.solver_order, len(state) + 1)
+        if not torch.isfinite(h).all():
+            order = 1
+        e = torch.exp(-h)
+        one_m = -torch.expm1(-2 * h)  # 1 - e^-2h
+        ratio = torch.where(sn > 0, sn / s * e, torch.zeros_like(s))
+        D = D0
+        if order >= 2:
+            D1m, lam1 = state[-1]
+            r0 = (lam - lam1) / h
+            D = D0 + 0.5 * (D0 - D1m) / _as(r0, x, space)
+        x_n = _as(ratio, x, space) * x + _as(an * one_m, x, space) * D
+        if (sn > 0).any():
+            x_n = x_n + _as(sn * one_m.clamp_min(0).sqrt(), x, space) * space.noise(x, generator)
+        new_state = (tuple(state) + ((D0, lam),))[-(self.solver_order - 1):]
+        return x_n, new_state
+
+
+def _score(D, x, a, s, space):
+    return (_as(a, x, space) * D - x) / _as(s * s, x, space)
+
+
+@dataclass(frozen=True)
+class EulerMaruyama(Solver):
+    """Euler–Maruyama on the reverse SDE ``dx = [f x - g^2 score] dt + g dW`` (Song et al. 2021,
+    eq. 6), with ``(f, g^2)`` from :meth:`NoiseProcess.sde`. No noise on the step to t = 0."""
+
+    name: str = "euler_maruyama"
+    deterministic: bool = False
+
+    def step(self, denoise, x, t, t_next, state, *, process, space, generator=None):
+        D = denoise(x, t)
+        a, s = process.alpha(t), process.sigma(t)
+        f, g2 = process.sde(t)
+        dt = t_next.to(torch.float64) - t.to(torch.float64)
+        drift = _as(f * dt, x, space) * x - _as(g2 * dt, x, space) * _score(D, x, a, s, space)
+        x_n = x + drift
+        if (t_next > 0).any():
+            std = torch.where(t_next > 0, (g2 * dt.abs()).sqrt(), torch.zeros_like(g2))
+            x_n = x_n + _as(std, x, space) * space.noise(x, generator)
+        return x_n, state
+
+
+@dataclass(frozen=True)
+class PredictorCorrector(Solver):
+    """Predictor–corrector (Song et al. 2021, Alg. 1 & 5): an Euler–Maruyama predictor followed
+    by ``n_corrector`` Langevin corrector steps at ``t_next`` with step size
+    ``2 (snr ||z|| / ||score||)^2`` per sample. No corrector at ``t_next = 0``."""
+
+    snr: float = 0.16
+    n_corrector: int = 1
+    name: str = "pc"
+    deterministic: bool = False
+
+    @property
+    def nfe_per_step(self):  # type: ignore[override]
+        return 1 + self.n_corrector
+
+    def step(self, denoise, x, t, t_next, state, *, process, space, generator=None):
+        x, _ = EulerMaruyama().step(denoise, x, t, t_next, (), process=process, space=space,
+                                    generator=generator)
+        an, sn = process.alpha(t_next), process.sigma(t_next)
+        if not (sn > 0).all():
+            return x, state
+        for _ in range(self.n_corrector):
+            g = _score(denoise(x, t_next), x, an, sn, space)
+            z = space.noise(x, generator)
+            gn = space.sum(g * g).sqrt().to(torch.float64)
+            zn = space.sum(z * z).sqrt().to(torch.float64)
+            eps = 2 * (self.snr * zn / gn.clamp_min(1e-30)) ** 2
+            x = x + _as(eps, x, space) * g + _as((2 * eps).sqrt(), x, space) * z
+        return x, state
+
+
+SOLVERS = ("ddpm", "ddim", "euler", "heun", "euler_ancestral", "dpmpp_1m", "dpmpp_2m", "dpmpp_3m",
+           "dpmpp_2m_sde", "euler_maruyama", "pc")
+
+
+def make(name: str, **kw) -> Solver:
+    """Build a solver by name (see :data:`SOLVERS`); keyword arguments go to its dataclass."""
+    if name == "ddpm":
+        return DDIM(eta=kw.pop("eta", 1.0), name="ddpm", **kw)
+    table: dict[str, Callable[..., Solver]] = {
+        "ddim": DDIM,
+        "euler": Euler,
+        "heun": Heun,
+        "euler_ancestral": EulerAncestral,
+        "dpmpp_1m": lambda **k: DPMSolverPP(solver_order=1, name="dpmpp_1m", **k),
+        "dpmpp_2m": lambda **k: DPMSolverPP(solver_order=2, name="dpmpp_2m", **k),
+        "dpmpp_3m": lambda **k: DPMSolverPP(solver_order=3, name="dpmpp_3m", **k),
+        "dpmpp_2m_sde": DPMSolverPPSDE,
+        "euler_maruyama": EulerMaruyama,
+        "pc": PredictorCorrector,
+    }
+    if name not in table:
+        raise ValueError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
+    return table[name](**kw)
