@@ -391,8 +391,13 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The checkpoint named by ``<run_dir>/latest``, else the newest complete ``step_*``
-    directory, else ``run_dir`` itself if it is a checkpoint, else None."""
+    directory, else ``run_dir`` itself if it is a checkpoint, else None. A training run
+    directory (with a ``checkpoints/`` folder, as the Trainer writes) is searched there."""
     run_dir = Path(run_dir)
+    if (run_dir / "checkpoints").is_dir() and not (run_dir / LATEST).exists() and not list_checkpoints(run_dir):
+        found = latest_checkpoint(run_dir / "checkpoints")
+        if found is not None:
+            return found
     pointer = run_dir / LATEST
     if pointer.is_file():
         try:
