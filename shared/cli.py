@@ -169,7 +169,10 @@ def _generate(args: argparse.Namespace):
     except (CheckpointError, FileNotFoundError) as e:
         _fail(f"cannot load {task.name} model from {path}: {e}")
     model = model.to(device).eval()
-    g = grids.make(grid_name, args.steps, process=model.process)
+    try:
+        g = grids.make(grid_name, args.steps, process=model.process)
+    except ValueError as e:
+        _fail(f"grid {grid_name!r} with {args.steps} steps: {e}")
     data = task.load_data(cfg)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     t0 = time.perf_counter()
@@ -258,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--n", type=int, default=16 if name == "sample" else 64)
         s.add_argument("--solver", default="dpmpp_2m")
         s.add_argument("--steps", type=int, default=20)
-        s.add_argument("--grid", default="log_snr")
+        s.add_argument("--grid", default="uniform")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--out", default=None)
         s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

@@ -7,7 +7,9 @@ mixed precision (autocast through accelerate), an EMA copy with power warm-up, a
 exact resume. Multi-GPU / multi-node: run the same script under ``accelerate launch``.
 
 Contract of ``loss_fn(model, batch, generator) -> Tensor``: a per-sample loss ``[B]`` or a
-scalar (the mean is taken). ``generator`` is a ``torch.Generator`` on the training device owned
+scalar (the mean is taken). ``model`` is the plain module you passed (``torch.compile``d when
+``config.compile``), so its own methods (``model.raw(x, t)``) can be called; under DDP the whole
+loss call is the wrapped forward, so gradients are synchronised correctly. ``generator`` is a ``torch.Generator`` on the training device owned
 by the trainer; take every random draw of the loss from it (``torch.randn(..., generator=g,
 device=g.device)``). It is re-seeded before every micro-step from ``(seed, process rank, step,
 micro-step)``, so noise draws do not depend on history and resume is exact without storing it.
@@ -367,7 +369,9 @@ class Trainer:
             random.seed(cfg.seed)
         self.step = start
 
-        train_model = torch.compile(model) if cfg.compile else model
+        # DDP must see the whole loss as its forward, so the loss is wrapped in a module and
+        # loss_fn receives the plain (optionally compiled) model: `model.raw(...)` etc. work.
+        train_model = _LossModule(torch.compile(model) if cfg.compile else model, loss_fn)
         train_model, optimizer = acc.prepare(train_model, optimizer)
         self.optimizer = optimizer
 
@@ -404,7 +408,7 @@ class Trainer:
                     ctx = acc.no_sync(train_model) if (not last and self.num_processes > 1) else _nullcontext()
                     with ctx:
                         with acc.autocast():
-                            loss = loss_fn(train_model, batch, self.generator)
+                            loss = train_model(batch, self.generator)
                         if not isinstance(loss, Tensor):
                             raise TypeError(f"loss_fn must return a Tensor, got {type(loss).__name__}")
                         loss = loss.float()
@@ -548,6 +552,18 @@ def _batch_len(batch: Any) -> int:
         return _batch_len(batch[0])
     n = getattr(batch, "num_graphs", None)
     return int(n) if n is not None else 1
+
+
+class _LossModule(nn.Module):
+    """``forward(batch, generator) = loss_fn(model, batch, generator)`` (what DDP wraps)."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any, generator: torch.Generator) -> Tensor:
+        return self.loss_fn(self.model, batch, generator)
 
 
 class _nullcontext:
