@@ -1,0 +1,259 @@
+"""Networks: a MONAI ResNet-FPN feature extractor (no torchvision) and a DiffusionDet-style
+detection head that denoises boxes, with three classification branches (quadrant, tooth,
+diagnosis) and box regression. RoI features are bilinear samples (``grid_sample``).
+
+Layout: images ``[B, C, W, H]`` (MONAI: spatial axis 0 is x), boxes ``xyxy`` pixels with x along
+axis 0. Box signal ``x: [B, N, 4]`` is normalised ``(cx, cy, w, h)`` mapped to
+``[-scale, scale]``: ``x = (2 b - 1) * scale``. No noise-level logic here: ``t`` is an input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ResNetFPN",
+    "roi_sample",
+    "boxes_to_signal",
+    "signal_to_boxes",
+    "cxcywh_to_xyxy",
+    "xyxy_to_cxcywh",
+    "DiffusionDetNet",
+]
+
+
+# --------------------------------------------------------------------------- box helpers
+
+def cxcywh_to_xyxy(b: Tensor) -> Tensor:
+    """``[..., 4]`` (cx, cy, w, h) -> (x0, y0, x1, y1)."""
+    cx, cy, w, h = b.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+
+
+def xyxy_to_cxcywh(b: Tensor) -> Tensor:
+    """``[..., 4]`` (x0, y0, x1, y1) -> (cx, cy, w, h)."""
+    x0, y0, x1, y1 = b.unbind(-1)
+    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], -1)
+
+
+def boxes_to_signal(boxes_xyxy: Tensor, size: Sequence[int], scale: float) -> Tensor:
+    """Pixel ``xyxy [..., 4]`` on an image of ``size = (W, H)`` -> signal ``[..., 4]`` in
+    ``[-scale, scale]`` (normalised cxcywh)."""
+    W, H = size
+    norm = boxes_xyxy / boxes_xyxy.new_tensor([W, H, W, H])
+    return (xyxy_to_cxcywh(norm) * 2 - 1) * scale
+
+
+def signal_to_boxes(x: Tensor, size: Sequence[int], scale: float) -> Tensor:
+    """Inverse of :func:`boxes_to_signal` after clamping to ``[-scale, scale]`` (DiffusionDet)."""
+    W, H = size
+    b = (x.clamp(-scale, scale) / scale + 1) / 2
+    b = torch.cat([b[..., :2], b[..., 2:].clamp_min(1e-4)], -1)
+    return cxcywh_to_xyxy(b) * b.new_tensor([W, H, W, H])
+
+
+# --------------------------------------------------------------------------- backbone
+
+class ResNetFPN(nn.Module):
+    """MONAI ``ResNet`` (2-D) + MONAI ``FeaturePyramidNetwork`` with ``LastLevelMaxPool``.
+
+    MONAI's ``resnet_fpn_feature_extractor`` / ``BackboneWithFPN`` call torchvision
+    (``_validate_trainable_layers``, ``IntermediateLayerGetter``); this module does the same
+    wiring with MONAI blocks only: the intermediate-layer taps are four lines in ``forward``.
+
+    Args:
+        in_channels: image channels.
+        layers: residual blocks per stage (resnet10 = (1, 1, 1, 1)).
+        block_inplanes: channels per stage.
+        returned_layers: stages fed to the FPN (1..4).
+        fpn_channels: FPN output channels (``out_channels`` attribute, as MONAI's RetinaNet expects).
+        norm: MONAI norm spec (``"batch"``, ``("group", {"num_groups": 8})``, ...).
+    Forward: ``[B, C, W, H] -> OrderedDict`` of ``[B, fpn_channels, W / s, H / s]``, strides
+    ``s = 4, 8, 16, ...`` then the max-pooled level (highest resolution first).
+    """
+
+    def __init__(self, *, in_channels: int = 1, layers: Sequence[int] = (1, 1, 1, 1),
+                 block_inplanes: Sequence[int] = (16, 32, 64, 128), returned_layers: Sequence[int] = (1, 2, 3),
+                 fpn_channels: int = 64, norm: str | tuple = ("group", {"num_groups": 8})):
+        super().__init__()
+        from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+        from monai.networks.nets.resnet import ResNet
+
+        if not returned_layers or min(returned_layers) < 1 or max(returned_layers) > 4:
+            raise ValueError(f"returned_layers must be within 1..4, got {returned_layers}")
+        self.returned_layers = tuple(sorted(returned_layers))
+        body = ResNet(block="basic", layers=list(layers), block_inplanes=list(block_inplanes), spatial_dims=2,
+                      n_input_channels=in_channels, conv1_t_size=7, conv1_t_stride=2, num_classes=1,
+                      feed_forward=False, norm=norm)
+        for k in range(max(self.returned_layers) + 1, 5):  # drop unused stages
+            setattr(body, f"layer{k}", nn.Identity())
+        self.body = body
+        in_list = [block_inplanes[k - 1] for k in self.returned_layers]  # basic block: expansion 1
+        self.fpn = FeaturePyramidNetwork(spatial_dims=2, in_channels_list=in_list, out_channels=fpn_channels,
+                                         extra_blocks=LastLevelMaxPool(2))
+        self.out_channels = fpn_channels
+        self.strides = tuple(2 ** (k + 1) for k in self.returned_layers) + (2 ** (max(self.returned_layers) + 2),)
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        b = self.body
+        x = b.act(b.bn1(b.conv1(x)))
+        if not b.no_max_pool:
+            x = b.maxpool(x)
+        taps: OrderedDict[str, Tensor] = OrderedDict()
+        for k in range(1, max(self.returned_layers) + 1):
+            x = getattr(b, f"layer{k}")(x)
+            if k in self.returned_layers:
+                taps[str(len(taps))] = x
+        return self.fpn(taps)
+
+
+# --------------------------------------------------------------------------- RoI features
+
+def roi_sample(feature: Tensor, boxes: Tensor, size: Sequence[int], pool: int) -> Tensor:
+    """Bilinear RoI features without torchvision: a ``pool x pool`` grid of sample points at
+    the bin centres of each box, read with ``grid_sample`` (RoIAlign with one sample per bin).
+
+    feature: ``[B, C, Wf, Hf]`` (x along axis 2); boxes: ``[B, N, 4]`` xyxy pixels of an image
+    of ``size = (W, H)``. Returns ``[B, N, C, pool, pool]`` (axes x, y)."""
+    B, N, _ = boxes.shape
+    W, H = size
+    r = (torch.arange(pool, device=boxes.device, dtype=boxes.dtype) + 0.5) / pool  # [P]
+    x0, y0, x1, y1 = boxes.unbind(-1)  # [B, N]
+    px = x0[..., None] + (x1 - x0)[..., None] * r  # [B, N, P]
+    py = y0[..., None] + (y1 - y0)[..., None] * r
+    nx = px / W * 2 - 1  # normalised, align_corners=False convention
+    ny = py / H * 2 - 1
+    # grid[..., 0] indexes the last axis (H, i.e. y), grid[..., 1] the axis before it (x)
+    gx = nx[..., :, None].expand(B, N, pool, pool)
+    gy = ny[..., None, :].expand(B, N, pool, pool)
+    grid = torch.stack([gy, gx], -1).reshape(B, N * pool, pool, 2)
+    out = F.grid_sample(feature, grid.to(feature.dtype), mode="bilinear", padding_mode="zeros",
+                        align_corners=False)  # [B, C, N * P, P]
+    C = feature.shape[1]
+    return out.reshape(B, C, N, pool, pool).permute(0, 2, 1, 3, 4)
+
+
+# --------------------------------------------------------------------------- head
+
+def _time_embedding(t: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding of ``t * 1000`` (t in [0, 1]): ``[B] -> [B, dim]``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    a = (t.float() * 1000.0)[:, None] * freqs[None]
+    return torch.cat([a.sin(), a.cos()], -1)
+
+
+class _Stage(nn.Module):
+    """One refinement stage: RoI features + box geometry -> proposal features (self-attention
+    across proposals, time scale-shift, FFN) -> class logits per level and box deltas."""
+
+    def __init__(self, *, roi_dim: int, d_model: int, num_heads: int, num_classes: Sequence[int], time_dim: int):
+        super().__init__()
+        self.roi_proj = nn.Sequential(nn.Linear(roi_dim, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+        self.geo = nn.Linear(4, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.attn = nn.MultiheadAttention(d_model, num_heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.time = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, 2 * d_model))
+        self.ffn = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.ReLU(), nn.Linear(2 * d_model, d_model))
+        self.norm3 = nn.LayerNorm(d_model)
+        self.cls = nn.ModuleList(
+            [nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, k)) for k in num_classes])
+        self.reg = nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, 4))
+        prior = -math.log((1 - 0.01) / 0.01)  # focal-loss prior (RetinaNet)
+        for head in self.cls:
+            nn.init.constant_(head[-1].bias, prior)
+        nn.init.zeros_(self.reg[-1].weight)
+        nn.init.zeros_(self.reg[-1].bias)
+
+    def forward(self, roi: Tensor, geo: Tensor, h_prev: Tensor | None, temb: Tensor):
+        h = self.roi_proj(roi.flatten(2)) + self.geo(geo)  # [B, N, d]
+        if h_prev is not None:
+            h = h + h_prev
+        h = self.norm1(h)
+        h = self.norm2(h + self.attn(h, h, h, need_weights=False)[0])
+        scale, shift = self.time(temb)[:, None].chunk(2, -1)
+        h = h * (1 + scale) + shift
+        h = self.norm3(h + self.ffn(h))
+        return h, [c(h) for c in self.cls], self.reg(h)
+
+
+class DiffusionDetNet(nn.Module):
+    """Box denoiser ``net(x, t, cond, aux=None) -> x0_hat`` (DiffusionDet, Chen et al. 2023).
+
+    ``cond`` is what :meth:`encode` returns for a batch of images (features computed once and
+    reused at every sampling step). ``x: [B, N, 4]`` noisy box signal, ``t: [B]``. The output is
+    the clean box signal ``[B, N, 4]`` of the last stage (x0 prediction). When ``aux`` (a dict)
+    is given, it receives ``"logits"``: list over levels of ``[B, N, K_level]`` (last stage) and
+    ``"stages"``: list of ``(boxes_xyxy [B, N, 4], logits)`` for deep supervision.
+
+    Args:
+        image_size: ``(W, H)`` of the input images.
+        num_classes: classes per level (quadrant 4, tooth 8, diagnosis 4).
+        signal_scale: box signal range ``[-scale, scale]``.
+        other args: backbone / head sizes.
+    """
+
+    def __init__(self, *, image_size: Sequence[int], num_classes: Sequence[int] = (4, 8, 4), signal_scale: float = 2.0,
+                 in_channels: int = 1, layers: Sequence[int] = (1, 1, 1, 1), block_inplanes: Sequence[int] = (16, 32, 64, 128),
+                 returned_layers: Sequence[int] = (1, 2, 3), fpn_channels: int = 64, d_model: int = 128,
+                 num_heads: int = 4, pool: int = 7, num_stages: int = 2, time_dim: int = 128,
+                 feature_levels: int = 3):
+        super().__init__()
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.signal_scale = float(signal_scale)
+        self.pool = pool
+        self.time_dim = time_dim
+        self.feature_levels = feature_levels
+        self.backbone = ResNetFPN(in_channels=in_channels, layers=layers, block_inplanes=block_inplanes,
+                                  returned_layers=returned_layers, fpn_channels=fpn_channels)
+        self.time_mlp = nn.Sequential(nn.Linear(time_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        self.stages = nn.ModuleList([
+            _Stage(roi_dim=fpn_channels * pool * pool, d_model=d_model, num_heads=num_heads,
+                   num_classes=num_classes, time_dim=time_dim) for _ in range(num_stages)])
+
+    def encode(self, images: Tensor) -> dict:
+        """``images [B, C, W, H]`` -> condition ``{"features": [level maps]}``."""
+        if tuple(images.shape[2:]) != self.image_size:
+            raise ValueError(f"images must be [B, C, {self.image_size[0]}, {self.image_size[1]}] "
+                             f"(W, H), got {tuple(images.shape)}")
+        feats = list(self.backbone(images).values())[: self.feature_levels]
+        return {"features": feats}
+
+    def _roi(self, feats: list[Tensor], boxes: Tensor) -> Tensor:
+        return sum(roi_sample(f, boxes, self.image_size, self.pool) for f in feats) / len(feats)
+
+    def forward(self, x: Tensor, t: Tensor, cond: dict, aux: dict | None = None) -> Tensor:
+        if x.ndim != 3 or x.shape[-1] != 4:
+            raise ValueError(f"x must be [B, N, 4] box signals, got {tuple(x.shape)}")
+        feats = cond["features"]
+        if feats[0].shape[0] != x.shape[0]:
+            # features of one image set reused for a larger batch of box sets (repeat images)
+            rep = x.shape[0] // feats[0].shape[0]
+            feats = [f.repeat_interleave(rep, 0) for f in feats]
+        W, H = self.image_size
+        wh = x.new_tensor([W, H, W, H])
+        boxes = signal_to_boxes(x, self.image_size, self.signal_scale)  # [B, N, 4] pixels
+        temb = self.time_mlp(_time_embedding(t, self.time_dim))
+        h, stages = None, []
+        for stage in self.stages:
+            b = boxes.detach()
+            geo = xyxy_to_cxcywh(b / wh)
+            roi = self._roi(feats, b)
+            h, logits, d = stage(roi, geo, h, temb)
+            cx, cy, w, hh = xyxy_to_cxcywh(b).unbind(-1)
+            dx, dy, dw, dh = d.unbind(-1)
+            dw, dh = dw.clamp(max=math.log(1000 / 16)), dh.clamp(max=math.log(1000 / 16))
+            new = torch.stack([cx + dx * w, cy + dy * hh, w * dw.exp(), hh * dh.exp()], -1)
+            boxes = cxcywh_to_xyxy(new)
+            stages.append((boxes, logits))
+        if aux is not None:
+            aux["logits"] = stages[-1][1]
+            aux["stages"] = stages
+        return boxes_to_signal(boxes, self.image_size, self.signal_scale)

@@ -1,0 +1,124 @@
+"""Frozen configs of the medical domain with ``tiny`` / ``default`` / ``gpu`` presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from shared.config import TrainConfig
+
+__all__ = ["DataConfig", "ModelConfig", "LossConfig", "SampleConfig", "MedicalConfig", "tiny", "default", "gpu",
+           "PRESETS"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Data. Empty ``json_path`` = the embedded phantom dataset (written under ``cache_dir``,
+    seeded); else a DENTEX/COCO file with ``image_dir`` (split by ``n_train/n_val/n_test``).
+
+    image_size: ``(W, H)`` the images are resized to (MONAI ``ZoomBoxd``).
+    partial: fractions of training phantoms labelled only at quadrant / quadrant+tooth level.
+    flip_prob: label-aware horizontal flip augmentation probability.
+    """
+
+    json_path: str = ""
+    image_dir: str = ""
+    level: str = "quadrant"
+    cache_dir: str = ""
+    n_train: int = 64
+    n_val: int = 8
+    n_test: int = 16
+    image_size: tuple[int, int] = (256, 128)
+    seed: int = 0
+    p_disease: float = 0.12
+    partial: tuple[float, float] = (0.15, 0.15)
+    flip_prob: float = 0.5
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone (MONAI ResNet-FPN), head, and the box diffusion (cosine DDPM, x0 prediction)."""
+
+    layers: tuple[int, ...] = (1, 1, 1, 1)
+    block_inplanes: tuple[int, ...] = (16, 32, 64, 128)
+    fpn_channels: int = 64
+    d_model: int = 128
+    num_heads: int = 4
+    pool: int = 7
+    num_stages: int = 2
+    num_proposals: int = 50
+    signal_scale: float = 2.0
+    schedule: str = "cosine"
+    num_train_timesteps: int = 1000
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Set loss weights (DETR / DiffusionDet): focal classification, L1 and GIoU on boxes;
+    the same weights build the Hungarian matching cost."""
+
+    w_cls: float = 2.0
+    w_l1: float = 5.0
+    w_giou: float = 2.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Inference defaults (the harness passes its own solver and grid)."""
+
+    solver: str = "ddim"
+    grid: str = "uniform"
+    steps: int = 4
+    renewal: bool = True
+    renewal_threshold: float = 0.1
+    ensemble: bool = True
+    nms_iou: float = 0.6
+    max_det: int = 100
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class MedicalConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def tiny() -> MedicalConfig:
+    """Seconds on a CPU (tests)."""
+    return MedicalConfig(
+        data=DataConfig(n_train=8, n_val=2, n_test=4, image_size=(128, 64)),
+        model=ModelConfig(layers=(1, 1, 1, 1), block_inplanes=(8, 16, 16, 16), fpn_channels=16, d_model=32,
+                          num_heads=2, pool=3, num_stages=1, num_proposals=12),
+        sample=SampleConfig(steps=2, batch_size=4),
+        train=TrainConfig(steps=4, batch_size=4, lr=1e-3, ema_decay=0.0, log_every=1, device="cpu"))
+
+
+def default() -> MedicalConfig:
+    """About two minutes of CPU training on phantoms (the cross-domain demo)."""
+    return MedicalConfig(
+        data=DataConfig(n_train=96, n_val=8, n_test=16, image_size=(256, 128)),
+        model=ModelConfig(num_stages=2, num_proposals=40),
+        train=TrainConfig(steps=300, batch_size=4, lr=5e-4, warmup_steps=20, lr_schedule="cosine",
+                          ema_decay=0.99, log_every=10, grad_clip=1.0))
+
+
+def gpu() -> MedicalConfig:
+    """Real numbers on one GPU: bigger images, backbone and proposals, longer training."""
+    return MedicalConfig(
+        data=DataConfig(n_train=2000, n_val=50, n_test=200, image_size=(512, 256)),
+        model=ModelConfig(layers=(2, 2, 2, 2), block_inplanes=(32, 64, 128, 256), fpn_channels=128, d_model=256,
+                          num_heads=8, num_stages=4, num_proposals=100),
+        sample=SampleConfig(batch_size=32),
+        train=TrainConfig(steps=20000, batch_size=16, lr=2.5e-4, warmup_steps=500, lr_schedule="cosine",
+                          ema_decay=0.999, log_every=50, mixed_precision="bf16", num_workers=4))
+
+
+PRESETS = {"tiny": tiny, "default": default, "gpu": gpu}
+
+
+def with_steps(cfg: MedicalConfig, steps: int) -> MedicalConfig:  # small helper for scripts
+    return replace(cfg, train=replace(cfg.train, steps=steps))

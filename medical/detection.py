@@ -1,0 +1,241 @@
+"""Detection-specific pieces of box diffusion: the forward noising of padded box sets (through
+the kernel's process and space), set-based matching and losses with partial-label masks,
+box renewal and step ensembling as :mod:`shared.sample` step hooks, and post-processing.
+
+Shapes: ``B`` images, ``N`` proposals, ``M`` ground-truth boxes of one image; boxes are xyxy
+pixels (x along the image width) unless named ``signal`` (``[-scale, scale]`` cxcywh).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .backbones import boxes_to_signal, signal_to_boxes
+
+__all__ = [
+    "pad_boxes",
+    "noised_boxes",
+    "sigmoid_focal_loss",
+    "hungarian_match",
+    "set_loss",
+    "BoxRenewal",
+    "StepEnsemble",
+    "level_predictions",
+    "postprocess",
+]
+
+
+def pad_boxes(gt_signal: Tensor, num: int, scale: float, generator: torch.Generator) -> Tensor:
+    """DiffusionDet padding: ``gt_signal [M, 4]`` -> ``[num, 4]``. Extra ground truth beyond
+    ``num`` is subsampled; the rest is filled with random boxes (centre ~ N(0.5, 1/6), size
+    ~ |N(0.5, 1/6)| in normalised units), mapped to the same signal range ``[-scale, scale]``."""
+    M = gt_signal.shape[0]
+    if M >= num:
+        idx = torch.randperm(M, generator=generator, device=generator.device)[:num].to(gt_signal.device)
+        return gt_signal[idx]
+    r = torch.randn(num - M, 4, generator=generator, device=generator.device, dtype=gt_signal.dtype) / 6 + 0.5
+    r = r.to(gt_signal.device)
+    r = torch.cat([r[:, :2], r[:, 2:].abs().clamp_min(1e-4)], -1)
+    return torch.cat([gt_signal, (r * 2 - 1) * scale], 0)
+
+
+def noised_boxes(x0: Tensor, t: Tensor, process, space, generator) -> Tensor:
+    """``x_t = alpha(t) x0 + sigma(t) eps`` with ``eps = space.noise(x0)``; ``x0: [B, N, 4]``."""
+    eps = space.noise(x0, generator)
+    return space.bcast(process.alpha(t), x0) * x0 + space.bcast(process.sigma(t), x0) * eps
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Focal loss (Lin et al. 2017) elementwise, ``[..., K]``."""
+    p = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss
+
+
+def _norm(boxes: Tensor, size: Sequence[int]) -> Tensor:
+    W, H = size
+    return boxes / boxes.new_tensor([W, H, W, H])
+
+
+@torch.no_grad()
+def hungarian_match(boxes: Tensor, logits: Sequence[Tensor], gt_boxes: Tensor, gt_labels: Tensor,
+                    size: Sequence[int], loss_cfg) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one matching (scipy ``linear_sum_assignment``) of ``N`` predictions to ``M``
+    ground-truth boxes with the DETR cost: focal class cost summed over the levels whose label
+    is known, ``w_l1 * L1`` on normalised xyxy, ``-w_giou * GIoU``.
+
+    boxes ``[N, 4]``; logits: per level ``[N, K]``; gt_boxes ``[M, 4]``; gt_labels ``[M, 3]``
+    (-1 = unknown). Returns (prediction indices, gt indices)."""
+    from monai.data.box_utils import box_giou
+    from scipy.optimize import linear_sum_assignment
+
+    M = gt_boxes.shape[0]
+    if M == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    a, g = loss_cfg.focal_alpha, loss_cfg.focal_gamma
+    cost = torch.zeros(boxes.shape[0], M, dtype=torch.float32, device=boxes.device)
+    for k, lg in enumerate(logits):
+        lab = gt_labels[:, k]
+        known = lab >= 0
+        if not known.any():
+            continue
+        p = lg.float().sigmoid()
+        neg = (1 - a) * p ** g * -(1 - p + 1e-8).log()
+        pos = a * (1 - p) ** g * -(p + 1e-8).log()
+        c = (pos - neg)[:, lab.clamp_min(0)]  # [N, M]
+        cost += loss_cfg.w_cls * c * known.float()[None]
+    pb, gb = _norm(boxes.float(), size), _norm(gt_boxes.float(), size)
+    cost += loss_cfg.w_l1 * torch.cdist(pb, gb, p=1)
+    cost -= loss_cfg.w_giou * torch.as_tensor(box_giou(pb, gb), dtype=torch.float32)
+    cost = torch.nan_to_num(cost, nan=1e6, posinf=1e6, neginf=-1e6)
+    r, c = linear_sum_assignment(cost.cpu().numpy())
+    return r.astype(np.int64), c.astype(np.int64)
+
+
+def set_loss(stages: Sequence[tuple[Tensor, Sequence[Tensor]]], gt_boxes: Sequence[Tensor],
+             gt_labels: Sequence[Tensor], size: Sequence[int], loss_cfg) -> Tensor:
+    """Per-image set loss ``[B]``, averaged over the head's stages (deep supervision).
+
+    For each stage: Hungarian matching, then focal loss per level on all ``N`` proposals
+    (unmatched = background), L1 and GIoU on matched boxes, each normalised by the number of
+    ground-truth boxes. Partial labels: a matched proposal whose ground truth has no label at
+    level k (``-1``) contributes no level-k classification loss."""
+    from monai.data.box_utils import box_pair_giou
+
+    B = len(gt_boxes)
+    total = []
+    for b in range(B):
+        gtb, gtl = gt_boxes[b], gt_labels[b]
+        n_gt = max(1, gtb.shape[0])
+        per_stage = []
+        for boxes, logits in stages:
+            pb = boxes[b]
+            lg = [lv[b] for lv in logits]
+            ri, ci = hungarian_match(pb, lg, gtb, gtl, size, loss_cfg)
+            ri_t, ci_t = torch.as_tensor(ri, device=pb.device), torch.as_tensor(ci, device=pb.device)
+            loss = pb.new_zeros(())
+            for k, lvl in enumerate(lg):
+                target = torch.zeros_like(lvl)
+                weight = torch.ones(lvl.shape[0], device=lvl.device, dtype=lvl.dtype)
+                if len(ri):
+                    lab = gtl[ci_t, k]
+                    known = lab >= 0
+                    target[ri_t[known], lab[known]] = 1.0
+                    weight[ri_t[~known]] = 0.0
+                fl = sigmoid_focal_loss(lvl, target, loss_cfg.focal_alpha, loss_cfg.focal_gamma)
+                loss = loss + loss_cfg.w_cls * (fl.sum(-1) * weight).sum() / n_gt
+            if len(ri):
+                p_m = _norm(pb[ri_t], size)
+                g_m = _norm(gtb[ci_t].to(pb), size)
+                loss = loss + loss_cfg.w_l1 * (p_m - g_m).abs().sum() / n_gt
+                giou = box_pair_giou(p_m, g_m)
+                loss = loss + loss_cfg.w_giou * (1 - giou).sum() / n_gt
+            per_stage.append(loss)
+        total.append(torch.stack(per_stage).mean())
+    return torch.stack(total)
+
+
+# --------------------------------------------------------------------------- sampling hooks
+
+def _objectness(logits: Sequence[Tensor]) -> Tensor:
+    """Box score ``[B, N]`` used for renewal: the quadrant level (always annotated)."""
+    return logits[0].float().sigmoid().amax(-1)
+
+
+@dataclass
+class BoxRenewal:
+    """DiffusionDet box renewal as a step hook: after every step but the last, proposals whose
+    score (from the latest head output in ``aux``) is below ``threshold`` are replaced by fresh
+    prior draws at ``t_next``: ``sqrt(alpha^2 + sigma^2) * space.noise`` (the process's marginal
+    std for unit-variance data; pure noise for VP processes)."""
+
+    aux: dict
+    threshold: float = 0.1
+    renewed: list = field(default_factory=list)
+
+    def __call__(self, x_next: Tensor, ctx) -> Tensor:
+        if ctx.i >= ctx.n_steps - 1 or "logits" not in self.aux:
+            return x_next
+        score = _objectness(self.aux["logits"])  # [B, N]
+        drop = score < self.threshold
+        self.renewed.append(int(drop.sum()))
+        if not drop.any():
+            return x_next
+        a, s = ctx.process.alpha(ctx.t_next), ctx.process.sigma(ctx.t_next)
+        std = ctx.space.bcast((a * a + s * s).sqrt(), x_next)
+        fresh = std * ctx.space.noise(x_next, ctx.generator)
+        return torch.where(drop[..., None], fresh, x_next)
+
+
+@dataclass
+class StepEnsemble:
+    """Step ensembling as a hook: records the head's x0 boxes and logits of every step
+    (``ctx.x0_hat`` and ``aux["logits"]``); :func:`postprocess` merges them with NMS."""
+
+    aux: dict
+    steps: list = field(default_factory=list)
+
+    def __call__(self, x_next: Tensor, ctx) -> Tensor:
+        if ctx.x0_hat is not None and "logits" in self.aux:
+            self.steps.append((ctx.x0_hat.detach(), [lg.detach() for lg in self.aux["logits"]]))
+        return x_next
+
+
+def level_predictions(logits: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-level labels and scores from logits: ``([..., 3] argmax, [..., 3] max prob)``."""
+    probs = [lg.float().sigmoid() for lg in logits]
+    scores = torch.stack([p.amax(-1) for p in probs], -1)
+    labels = torch.stack([p.argmax(-1) for p in probs], -1)
+    return labels, scores
+
+
+def postprocess(signals: Sequence[Tensor], logits_list: Sequence[Sequence[Tensor]], size: Sequence[int],
+                scale: float, *, nms_iou: float = 0.6, max_det: int = 100) -> list[dict]:
+    """Merge the (step) predictions of a batch into detections per image.
+
+    signals: list over steps of ``[B, N, 4]`` x0 box signals; logits_list: matching list of
+    per-level logits. Boxes of all steps are pooled, scored by the geometric mean of the three
+    level scores, de-duplicated with MONAI's class-agnostic NMS and capped at ``max_det``.
+    Returns per image ``{"boxes": [K, 4] xyxy, "scores": [K], "labels": [K, 3],
+    "level_scores": [K, 3]}`` (CPU tensors)."""
+    from monai.data.box_utils import non_max_suppression
+
+    W, H = size
+    out = []
+    B = signals[0].shape[0]
+    for b in range(B):
+        bx, lb, ls = [], [], []
+        for sig, lg in zip(signals, logits_list):
+            boxes = signal_to_boxes(sig[b].float(), size, scale)
+            boxes = torch.stack([boxes[:, 0].clamp(0, W), boxes[:, 1].clamp(0, H),
+                                 boxes[:, 2].clamp(0, W), boxes[:, 3].clamp(0, H)], -1)
+            labels, scores = level_predictions([l_[b] for l_ in lg])
+            bx.append(boxes)
+            lb.append(labels)
+            ls.append(scores)
+        boxes, labels, lscores = torch.cat(bx), torch.cat(lb), torch.cat(ls)
+        score = lscores.clamp_min(1e-12).log().mean(-1).exp()
+        ok = ((boxes[:, 2] - boxes[:, 0]) > 0.5) & ((boxes[:, 3] - boxes[:, 1]) > 0.5)
+        boxes, labels, lscores, score = boxes[ok], labels[ok], lscores[ok], score[ok]
+        if boxes.shape[0]:
+            keep = torch.as_tensor(non_max_suppression(boxes.cpu(), score.cpu(), nms_iou, max_det), dtype=torch.long)
+        else:
+            keep = torch.zeros(0, dtype=torch.long)
+        out.append({"boxes": boxes.cpu()[keep], "scores": score.cpu()[keep], "labels": labels.cpu()[keep],
+                    "level_scores": lscores.cpu()[keep]})
+    return out
+
+
+def gt_signal(boxes: Tensor, size: Sequence[int], scale: float) -> Tensor:
+    """Ground-truth boxes ``[M, 4]`` xyxy -> signal ``[M, 4]``."""
+    return boxes_to_signal(boxes, size, scale)
