@@ -7,6 +7,8 @@ Grids are built in the coordinate where they are defined (``t``, log-SNR, or the
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -44,6 +46,20 @@ def quadratic(steps: int, *, t_max: float = 1.0) -> Tensor:
     return _finish(u * u)
 
 
+def _sigma_grid(steps, process, lo, hi, spacing) -> Tensor:
+    """Map noise levels in ``[lo, hi]`` (EDM sigma) to t. When ``lo`` already sits at t = 0
+    (VE, whose ``sigma(0) = sigma_min``) the grid takes ``steps + 1`` levels ending there;
+    otherwise ``steps`` levels followed by t = 0 (k-diffusion's appended zero)."""
+    at_zero = float(process.t_of_edm_sigma(torch.tensor([lo], dtype=torch.float64))) <= 0.0
+    n = steps + 1 if at_zero else steps
+    if n == 1:
+        s = torch.tensor([hi], dtype=torch.float64)
+    else:
+        s = spacing(torch.linspace(0, 1, n, dtype=torch.float64))
+    t = process.t_of_edm_sigma(s).clamp(0, 1)
+    return _finish(t[:-1]) if at_zero else _finish(t)
+
+
 def log_snr(steps: int, *, process: NoiseProcess, s_min: float | None = None,
             s_max: float | None = None) -> Tensor:
     """Uniform in log-SNR (equivalently log ``sigma / alpha``) between ``s_max`` and ``s_min``,
@@ -51,12 +67,8 @@ def log_snr(steps: int, *, process: NoiseProcess, s_min: float | None = None,
     _check_steps(steps)
     lo, hi = sigma_range(process)
     lo, hi = s_min or lo, s_max or hi
-    if steps == 1:
-        s = torch.tensor([hi], dtype=torch.float64)
-    else:
-        s = torch.exp(torch.linspace(torch.log(torch.tensor(hi)), torch.log(torch.tensor(lo)), steps,
-                                     dtype=torch.float64))
-    return _finish(process.t_of_edm_sigma(s).clamp(0, 1))
+    return _sigma_grid(steps, process, lo, hi,
+                       lambda r: torch.exp(math.log(hi) + r * (math.log(lo) - math.log(hi))))
 
 
 def karras(steps: int, *, process: NoiseProcess, rho: float = 7.0, s_min: float | None = None,
@@ -66,12 +78,8 @@ def karras(steps: int, *, process: NoiseProcess, rho: float = 7.0, s_min: float 
     _check_steps(steps)
     lo, hi = sigma_range(process)
     lo, hi = s_min or lo, s_max or hi
-    if steps == 1:
-        s = torch.tensor([hi], dtype=torch.float64)
-    else:
-        r = torch.linspace(0, 1, steps, dtype=torch.float64)
-        s = (hi ** (1 / rho) + r * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
-    return _finish(process.t_of_edm_sigma(s).clamp(0, 1))
+    return _sigma_grid(steps, process, lo, hi,
+                       lambda r: (hi ** (1 / rho) + r * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho)
 
 
 def from_timesteps(process: DiscreteVP, timesteps) -> Tensor:

@@ -231,7 +231,8 @@ def diffusion_loss(denoiser: Denoiser, x0: Tensor, *, cond: Any = None, t: Tenso
         net_kw = {**net_kw, "self_cond": est}
     out = denoiser.raw(x_t, tt, cond, **net_kw)
     target = _target(denoiser.prediction, x0, eps, x_t, t, process, space, denoiser.sigma_data)
-    mse = space.mean((out.float() - target.float()) ** 2)
+    dt = torch.promote_types(out.dtype, torch.float32)  # bf16/fp16 outputs are compared in fp32
+    mse = space.mean((out.to(dt) - target.to(dt)) ** 2)
     w = weight(weighting, t, process, denoiser.prediction, gamma=min_snr_gamma,
                sigma_data=denoiser.sigma_data).to(mse)
     if iw is not None:

@@ -146,8 +146,9 @@ def rescale_zero_terminal_snr(alphas_cumprod: Tensor) -> Tensor:
 
 @dataclass(frozen=True, eq=False)
 class DiscreteVP(NoiseProcess):
-    """DDPM process given by ``alphas_cumprod [N]``; ``alpha^2`` is interpolated linearly in t
-    between the knots ``t = (i + 1) / N`` (exact at the knots) and equals 1 at ``t = 0``."""
+    """DDPM process given by ``alphas_cumprod [N]``: ``alpha = sqrt(alphas_cumprod[i])`` at the
+    knots ``t = (i + 1) / N``, ``alpha = 1`` at ``t = 0``, linear in t between knots (so the
+    flow velocity stays finite even with zero terminal SNR), ``sigma = sqrt(1 - alpha^2)``."""
 
     alphas_cumprod: Tensor = field(repr=False)
     kind: str = "discrete_vp"
@@ -158,7 +159,7 @@ class DiscreteVP(NoiseProcess):
             raise ValueError("alphas_cumprod must be a finite 1-D tensor with at least 2 entries")
         if (ac[1:] > ac[:-1]).any() or (ac > 1).any() or (ac < 0).any():
             raise ValueError("alphas_cumprod must be non-increasing and inside [0, 1]")
-        knots = torch.cat([torch.ones(1, dtype=torch.float64), ac])
+        knots = torch.cat([torch.ones(1, dtype=torch.float64), ac.sqrt()])
         object.__setattr__(self, "alphas_cumprod", ac)
         object.__setattr__(self, "_knots", knots)
 
@@ -191,19 +192,20 @@ class DiscreteVP(NoiseProcess):
         """Inverse of :meth:`t_of_index` as a float (what diffusers UNets receive as timestep)."""
         return _f64(t) * self.num_train_timesteps - 1.0
 
-    def alpha2(self, t: Tensor) -> Tensor:
+    def _segment(self, t: Tensor):
         n = self.num_train_timesteps
         u = _f64(t) * n
         r = torch.round(u)
         u = torch.where((u - r).abs() < 1e-9, r, u)  # snap onto knots exactly
         i0 = u.floor().clamp(0, n - 1)
-        w = u - i0
-        i0 = i0.long()
-        k = self._knots.to(u.device)
-        return (1 - w) * k[i0] + w * k[i0 + 1]
+        return u - i0, i0.long(), self._knots.to(u.device)
 
     def alpha(self, t):
-        return self.alpha2(t).sqrt()
+        w, i0, k = self._segment(t)
+        return torch.where(w == 0, k[i0], (1 - w) * k[i0] + w * k[i0 + 1])
+
+    def alpha2(self, t):
+        return self.alpha(t) ** 2
 
     def sigma(self, t):
         return (1.0 - self.alpha2(t)).clamp_min(0).sqrt()
@@ -212,13 +214,28 @@ class DiscreteVP(NoiseProcess):
         a2 = self.alpha2(t)
         return torch.log(a2) - torch.log1p(-a2)
 
+    def _dalpha(self, t: Tensor) -> Tensor:
+        """Slope of the piecewise-linear alpha (right segment at a knot, last one at t = 1)."""
+        _, i0, k = self._segment(t)
+        return (k[i0 + 1] - k[i0]) * self.num_train_timesteps
+
+    def d_alpha_sigma(self, t):
+        a, da = self.alpha(t), self._dalpha(t)
+        return da, -a * da / self.sigma(t)
+
+    def sde(self, t):
+        a, da = self.alpha(t), self._dalpha(t)
+        s2 = 1 - a * a
+        # f = d log a / dt ; g^2 = d s^2/dt - 2 f s^2 = -2 a a' - 2 a' s^2 / a
+        return da / a, -2 * da * (a * a + s2) / a
+
     def t_of_log_snr(self, lam):
-        a2 = torch.sigmoid(_f64(lam))
-        k = self._knots.to(a2.device)
+        a = torch.sigmoid(_f64(lam)).sqrt()
+        k = self._knots.to(a.device)
         # knots are non-increasing: search on the negated (non-decreasing) sequence
-        j = torch.searchsorted(-k, -a2.contiguous(), right=False).clamp(1, k.numel() - 1)
+        j = torch.searchsorted(-k, -a.contiguous(), right=False).clamp(1, k.numel() - 1)
         hi, lo = k[j - 1], k[j]
-        w = torch.where(hi > lo, (hi - a2) / (hi - lo).clamp_min(1e-300), torch.zeros_like(a2))
+        w = torch.where(hi > lo, (hi - a) / (hi - lo).clamp_min(1e-300), torch.zeros_like(a))
         return ((j - 1).to(torch.float64) + w.clamp(0, 1)) / self.num_train_timesteps
 
 
@@ -369,7 +386,7 @@ def sigma_range(process: NoiseProcess) -> tuple[float, float]:
     """Finite ``(s_min, s_max)`` bounds of the EDM noise level ``sigma / alpha`` used by
     Karras and log-SNR grids: the process's own ``sigma_min``/``sigma_max`` where it has them,
     the first/last knot for :class:`DiscreteVP`, else ``t = 1e-3`` / ``t = 1`` (or ``1 - 1e-3``
-    where alpha(1) = 0)."""
+    where alpha(1) = 0), so that a grid's last positive time is above 0."""
     if isinstance(process, (EDM, VE)):
         return process.sigma_min, process.sigma_max
 
@@ -382,9 +399,7 @@ def sigma_range(process: NoiseProcess) -> tuple[float, float]:
         if not math.isfinite(hi):
             hi = s_at((n - 1) / n)
         return s_at(1.0 / n), hi
-    lo = s_at(0.0)
-    if not (lo > 0 and math.isfinite(lo)):
-        lo = s_at(1e-3)
+    lo = s_at(1e-3)
     hi = s_at(1.0)
     if not math.isfinite(hi):
         hi = s_at(1 - 1e-3)
