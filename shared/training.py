@@ -278,6 +278,7 @@ class Trainer:
         self.ema_model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.resumed_from: Path | None = None
+        self._stop = False
         self.accelerator = self._make_accelerator(config)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(derive_seed(config.seed, self.process_index))
@@ -368,6 +369,7 @@ class Trainer:
             np.random.seed(cfg.seed % 2**32)
             random.seed(cfg.seed)
         self.step = start
+        self._stop = False
 
         # DDP must see the whole loss as its forward, so the loss is wrapped in a module and
         # loss_fn receives the plain (optionally compiled) model: `model.raw(...)` etc. work.
@@ -447,15 +449,22 @@ class Trainer:
                 bar.update(1)
                 for cb in callbacks:
                     cb(self, record)
+                if self._stop:
+                    break
                 if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step != cfg.steps):
                     self.save(self.step)
-            if self.checkpoint_dir is not None and (cfg.steps > start or not list_checkpoints(self.checkpoint_dir)):
+            if self.checkpoint_dir is not None and (self.step > start or not list_checkpoints(self.checkpoint_dir)):
                 self.save(self.step)
         finally:
             bar.close()
             log.close()
         acc.wait_for_everyone()
         return model
+
+    def request_stop(self) -> None:
+        """Stop after the current step (a final checkpoint is still written). Call it from a
+        callback; under several processes every process must make the same decision."""
+        self._stop = True
 
     # ---- EMA
 
