@@ -27,11 +27,20 @@ class DataConfig:
     n_train: int = 64
     n_val: int = 8
     n_test: int = 16
-    image_size: tuple[int, int] = (256, 128)
+    image_size: tuple[int, ...] = (256, 128)
     seed: int = 0
     p_disease: float = 0.12
-    partial: tuple[float, float] = (0.15, 0.15)
+    partial: tuple[float, ...] = (0.15, 0.15)
     flip_prob: float = 0.5
+
+    def __post_init__(self):
+        # annotated tuple[..., ...] (not tuple[int, int]): see the kernel note on from_dict
+        if len(self.image_size) != 2 or min(self.image_size) < 16:
+            raise ValueError(f"data.image_size must be (W, H) with both >= 16, got {self.image_size}")
+        if len(self.partial) != 2:
+            raise ValueError(f"data.partial must be two fractions, got {self.partial}")
+        if min(self.n_train, self.n_test) < 1 or self.n_val < 0:
+            raise ValueError("data.n_train and data.n_test must be >= 1, data.n_val >= 0")
 
 
 @dataclass(frozen=True)

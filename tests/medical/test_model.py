@@ -1,0 +1,155 @@
+"""Backbone without torchvision, RoI sampling, matching and partial-label losses, sampling
+hooks, and a tiny end-to-end train / detect / evaluate / save / load / plot."""
+
+import json
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from shared import grid as G
+from shared import solvers
+from shared.process import DiscreteVP
+from shared.sample import StepContext
+from shared.spaces import Euclidean
+
+
+def test_resnet_fpn_without_torchvision():
+    from medical.backbones import ResNetFPN
+
+    fe = ResNetFPN(layers=(1, 1, 1, 1), block_inplanes=(8, 16, 16, 16), fpn_channels=8)
+    out = fe(torch.randn(2, 1, 64, 32))
+    assert [tuple(v.shape) for v in out.values()] == [(2, 8, 16, 8), (2, 8, 8, 4), (2, 8, 4, 2), (2, 8, 2, 1)]
+    assert "torchvision" not in sys.modules
+
+
+def test_roi_sample_reads_the_right_pixels():
+    from medical.backbones import roi_sample
+
+    W, H = 32, 16
+    fx = torch.arange(W, dtype=torch.float32)[:, None].expand(W, H)  # value = x index
+    fy = torch.arange(H, dtype=torch.float32)[None, :].expand(W, H)  # value = y index
+    feat = torch.stack([fx, fy])[None]  # [1, 2, W, H]
+    box = torch.tensor([[[4.0, 2.0, 12.0, 10.0]]])
+    r = roi_sample(feat, box, (W, H), 2)[0, 0]  # [C, P, P]
+    # bin centres at x = 6, 10 and y = 4, 8; pixel i has centre i + 0.5
+    assert torch.allclose(r[0], torch.tensor([[5.5, 5.5], [9.5, 9.5]]))
+    assert torch.allclose(r[1], torch.tensor([[3.5, 7.5], [3.5, 7.5]]))
+
+
+def test_signal_roundtrip():
+    from medical.backbones import boxes_to_signal, signal_to_boxes
+
+    b = torch.tensor([[10.0, 5.0, 50.0, 25.0]])
+    x = boxes_to_signal(b, (100, 50), 2.0)
+    assert (x.abs() <= 2).all()
+    assert torch.allclose(signal_to_boxes(x, (100, 50), 2.0), b, atol=1e-5)
+
+
+def test_hungarian_and_partial_label_mask():
+    from medical.configs import LossConfig
+    from medical.detection import hungarian_match, set_loss
+
+    gt = torch.tensor([[10.0, 10.0, 30.0, 30.0], [50.0, 10.0, 70.0, 40.0]])
+    labels = torch.tensor([[0, 3, -1], [1, -1, 2]])
+    boxes = torch.tensor([[49.0, 11.0, 71.0, 39.0], [0.0, 0.0, 5.0, 5.0], [11.0, 10.0, 29.0, 31.0]])
+    logits = [torch.zeros(3, 4, requires_grad=True), torch.zeros(3, 8, requires_grad=True),
+              torch.zeros(3, 4, requires_grad=True)]
+    r, c = hungarian_match(boxes, logits, gt, labels, (100, 50), LossConfig())
+    assert dict(zip(r.tolist(), c.tolist())) == {0: 1, 2: 0}
+    loss = set_loss([(boxes[None], [lg[None] for lg in logits])], [gt], [labels], (100, 50), LossConfig())
+    loss.sum().backward()
+    # tooth unknown for gt 1 (matched to proposal 0): no tooth-level gradient there
+    assert logits[1].grad[0].abs().sum() == 0 and logits[1].grad[2].abs().sum() > 0
+    # diagnosis unknown for gt 0 (proposal 2); unmatched proposal 1 is background at every level
+    assert logits[2].grad[2].abs().sum() == 0 and logits[2].grad[0].abs().sum() > 0
+    assert all(lg.grad[1].abs().sum() > 0 for lg in logits)
+
+
+def test_box_renewal_hook_redraws_only_low_scores():
+    from medical.detection import BoxRenewal
+
+    proc = DiscreteVP.from_betas("cosine", 1000)
+    aux = {"logits": [torch.tensor([[[5.0, -9, -9, -9], [-9.0, -9, -9, -9]]])]}
+    hook = BoxRenewal(aux, threshold=0.5)
+    x = torch.full((1, 2, 4), 0.25)
+    ctx = StepContext(0, 2, torch.tensor([1.0]), torch.tensor([0.5]), None, proc, Euclidean(),
+                      torch.Generator().manual_seed(0))
+    y = hook(x, ctx)
+    assert torch.equal(y[0, 0], x[0, 0]) and not torch.equal(y[0, 1], x[0, 1])
+    last = StepContext(1, 2, torch.tensor([0.5]), torch.tensor([0.0]), None, proc, Euclidean(), None)
+    assert torch.equal(hook(x, last), x)  # never on the last step
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from medical.task import MedicalTask
+    from shared.training import Trainer
+
+    task = MedicalTask()
+    cfg = task.config("tiny")
+    cfg = replace(cfg, data=replace(cfg.data, cache_dir=str(tmp_path_factory.mktemp("cache"))))
+    data = task.load_data(cfg)
+    model = task.build(cfg)
+    trainer = Trainer(cfg.train, None, progress=False)
+    model = task.train(cfg, model, data, trainer)
+    return task, cfg, data, model, trainer
+
+
+def test_tiny_end_to_end(trained, tmp_path):
+    task, cfg, data, model, trainer = trained
+    assert len(trainer.history) == cfg.train.steps and all(h["loss"] > 0 for h in trainer.history)
+    name, direction = task.headline_metric
+    assert (name, direction) == ("ap_aggregate", "max")
+    for sname, gname, steps in [("ddim", "uniform", 1), ("ddim", "trailing", 4), ("dpmpp_2m", "karras", 3),
+                                ("heun", "log_snr", 2), ("euler_ancestral", "uniform", 2)]:
+        g = G.make(gname, steps, process=model.process)
+        s = task.generate(model, 3, solver=solvers.make(sname), grid=g,
+                          generator=torch.Generator().manual_seed(1), data=data)
+        assert len(s) == 3 and all(d["boxes"].shape[1] == 4 and d["labels"].shape[1] == 3 for d in s)
+        m = task.evaluate(s, data)
+        assert name in m and 0.0 <= m[name] <= 1.0
+    # save / load: identical detections
+    g = G.make("uniform", 2, process=model.process)
+    a = task.generate(model, 2, solver=solvers.make("ddim"), grid=g, generator=torch.Generator().manual_seed(0), data=data)
+    task.save(model, cfg, tmp_path / "ck")
+    m2, cfg2 = task.load(tmp_path / "ck")
+    assert cfg2 == cfg
+    b = task.generate(m2, 2, solver=solvers.make("ddim"), grid=g, generator=torch.Generator().manual_seed(0), data=data)
+    for x, y in zip(a, b):
+        assert torch.equal(x["boxes"], y["boxes"]) and torch.equal(x["scores"], y["scores"])
+    # an image's detections do not depend on how many images were drawn with it
+    c = task.generate(model, 4, solver=solvers.make("ddim"), grid=g, generator=torch.Generator().manual_seed(0), data=data)
+    assert torch.allclose(c[1]["boxes"], a[1]["boxes"], atol=1e-5)
+    task.plot(a, data, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_output_formats_and_hierarchical_init(trained):
+    from medical.task import detect, to_dentex_json, to_monai_dicts
+
+    task, cfg, data, model, _ = trained
+    imgs = torch.stack([data.test[0]["image"]])
+    g = G.make("uniform", 4, process=model.process)[2:]  # start at t = 0.5 from earlier boxes
+    init = [data.test[0]["boxes"]]
+    s = detect(model, imgs, solver=solvers.make("ddim"), grid=g, generator=torch.Generator().manual_seed(0),
+               init_boxes=init)
+    md = to_monai_dicts(s)
+    assert set(md[0]) >= {"boxes", "labels", "scores"}
+    js = to_dentex_json(s, sizes=[(256, 128)], image_size=cfg.data.image_size)
+    json.dumps(js)
+    if js["boxes"]:
+        bx = js["boxes"][0]
+        q, n, d = (int(v) for v in bx["name"].split("-"))
+        assert 1 <= q <= 4 and 1 <= n <= 8 and 0 <= d <= 3
+        assert len(bx["corners"]) == 4 and 0 <= bx["probability"] <= 1
+    with pytest.raises(ValueError, match="init_boxes"):
+        detect(model, imgs, solver=solvers.make("ddim"), grid=g, init_boxes=init * 2)
+
+
+def test_generate_needs_data(trained):
+    task, cfg, data, model, _ = trained
+    g = G.make("uniform", 1, process=model.process)
+    with pytest.raises(ValueError, match="needs data"):
+        task.generate(model, 1, solver=solvers.make("ddim"), grid=g, data=None)
