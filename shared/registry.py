@@ -12,7 +12,6 @@ import importlib
 import importlib.metadata as md
 import re
 import traceback
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -226,6 +225,3 @@ def domain_names(only_ok: bool = False) -> list[str]:
         return [n for n, s in discover().items() if s.ok]
     return _names()
 
-
-def _ensure_mapping(x: Any) -> Mapping:  # pragma: no cover - tiny helper for type checkers
-    return x

@@ -151,6 +151,14 @@ def test_metrics_csv_and_no_out_dir(tmp_path):
     assert all(math.isfinite(h["loss"]) for h in t.history)
 
 
+def test_bf16_autocast_on_cpu_and_switching_settings():
+    """accelerate keeps one global state; Trainers with other settings in one process still work."""
+    for mp in ("bf16", "no"):
+        t = Trainer(replace(CFG, steps=3, checkpoint_every=0, mixed_precision=mp), progress=False)
+        t.fit(make_model(), plain_loss, DATA)
+        assert t.accelerator.mixed_precision == mp and math.isfinite(t.history[-1]["loss"])
+
+
 # --------------------------------------------------------------------------- DDP (2 CPU processes)
 
 DDP_SCRIPT = textwrap.dedent('''
