@@ -1,0 +1,133 @@
+"""Frozen configs of the timeseries domain with ``tiny()`` / ``default()`` / ``gpu()`` presets.
+
+``python -m timeseries.train --preset default --model.hidden=256 --train.steps=500`` overrides
+any leaf (see :func:`shared.config.apply_overrides`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal, Optional
+
+from shared.config import ConfigError, TrainConfig
+
+__all__ = ["ModelConfig", "DataConfig", "ForecastConfig", "TimeseriesConfig", "tiny", "default", "gpu",
+           "PRESETS"]
+
+PRESETS = ("tiny", "default", "gpu")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The MLP diffusion network and its noise process.
+
+    window:   window length L the network sees (history part + generated part).
+    norm_len: leading points of a window whose mean / std normalise it (always observed when
+              forecasting, so at most ``window - max chunk``; each forecast chunk is
+              ``<= window - norm_len`` long and longer horizons continue autoregressively).
+    process:  ``shared.process.make`` kind; ``schedule`` is the DDPM beta schedule when
+              ``process == 'discrete_vp'``.
+    """
+
+    window: int = 432
+    norm_len: int = 216
+    hidden: int = 512
+    depth: int = 4
+    expansion: int = 2
+    time_dim: int = 128
+    dropout: float = 0.0
+    process: Literal["discrete_vp", "linear_vp", "cosine_vp"] = "discrete_vp"
+    schedule: Literal["linear", "scaled_linear", "cosine", "sigmoid"] = "linear"
+    prediction: Literal["eps", "x0", "v"] = "eps"
+    time_sampler: Literal["uniform", "stratified", "lognormal", "logit_normal"] = "uniform"
+    weighting: Literal["simple", "min_snr", "likelihood"] = "simple"
+
+    def __post_init__(self):
+        if not 0 < self.norm_len < self.window:
+            raise ConfigError(f"model.norm_len={self.norm_len} must be in (0, model.window={self.window})")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data to pre-train on and which split to forecast.
+
+    train_on:        pre-training datasets (training splits only): etth1, ili, m4_hourly.
+    eval_on:         the LTSF dataset forecast by the task (etth1).
+    lookback:        LTSF input length (336).
+    horizon:         forecast horizon of the task's headline metric.
+    stride:          step between pre-training window starts.
+    max_per_series:  cap on windows per series (None: all).
+    eval_stride:     step between evaluated test windows (1 = every window of the protocol).
+    """
+
+    train_on: tuple[str, ...] = ("etth1",)
+    eval_on: str = "etth1"
+    lookback: int = 336
+    horizon: int = 96
+    stride: int = 1
+    max_per_series: Optional[int] = None
+    eval_stride: int = 24
+
+
+@dataclass(frozen=True)
+class ForecastConfig:
+    """How forecasts are drawn (the history is the prompt).
+
+    method:          'inpaint' (replacement hook), 'repaint' (RePaint resampling), 'mse' or
+                     'quantile' (reconstruction guidance on x0_hat, TSDiff self-guidance).
+    solver / grid / steps: any shared solver and grid name.
+    num_samples:     sample paths per series (the point forecast is their mean).
+    guidance_scale:  scale of the energy guidance ('mse' / 'quantile').
+    resample:        RePaint inner repetitions.
+    batch_size:      rows (series x samples) per sampling batch.
+    """
+
+    method: Literal["inpaint", "repaint", "mse", "quantile"] = "inpaint"
+    solver: str = "ddpm"
+    grid: str = "uniform"
+    steps: int = 50
+    num_samples: int = 16
+    guidance_scale: float = 1.0
+    resample: int = 2
+    batch_size: int = 4096
+
+
+@dataclass(frozen=True)
+class TimeseriesConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    forecast: ForecastConfig = field(default_factory=ForecastConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def tiny() -> TimeseriesConfig:
+    """Seconds on a CPU (tests): a small window and net, a few steps."""
+    return TimeseriesConfig(
+        model=ModelConfig(window=96, norm_len=48, hidden=64, depth=2, time_dim=32),
+        data=DataConfig(train_on=("etth1",), lookback=72, horizon=24, stride=16, max_per_series=200,
+                        eval_stride=240),
+        forecast=ForecastConfig(steps=10, num_samples=4),
+        train=TrainConfig(steps=30, batch_size=64, lr=1e-3, ema_decay=0.0, log_every=10, device="cpu"),
+    )
+
+
+def default() -> TimeseriesConfig:
+    """About a minute of CPU training; the demo / `diffsuite compare` preset."""
+    return TimeseriesConfig(
+        model=ModelConfig(window=432, norm_len=216, hidden=256, depth=3),
+        data=DataConfig(train_on=("etth1",), stride=2, eval_stride=48),
+        forecast=ForecastConfig(steps=25, num_samples=8),
+        train=TrainConfig(steps=800, batch_size=128, lr=1e-3, warmup_steps=50, lr_schedule="cosine",
+                          ema_decay=0.995, log_every=50),
+    )
+
+
+def gpu() -> TimeseriesConfig:
+    """Real numbers on one GPU: wider net, longer training, every test window."""
+    return TimeseriesConfig(
+        model=ModelConfig(window=432, norm_len=216, hidden=1024, depth=6, dropout=0.1),
+        data=DataConfig(train_on=("etth1",), stride=1, eval_stride=1),
+        forecast=ForecastConfig(steps=100, num_samples=64, batch_size=65536),
+        train=TrainConfig(steps=30000, batch_size=512, lr=5e-4, warmup_steps=500, lr_schedule="cosine",
+                          ema_decay=0.999, log_every=200, mixed_precision="bf16"),
+    )
