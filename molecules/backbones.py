@@ -1,0 +1,205 @@
+"""Networks of the molecules domain. No noise-level logic lives here: the kernel's
+:class:`shared.param.Denoiser` converts outputs, and ``t`` arrives as a float tensor ``[B]``.
+
+* :class:`GraphTransformer` — dense graph transformer over (atoms, bonds) with attention biased
+  by edge features and edge updates from node pairs (in the spirit of DiGress's graph
+  transformer); denoiser backbone for the packed :class:`~molecules.space.MolGraphSpace` tensor.
+* :class:`GraphRegressor` — the same trunk with a masked-mean readout: the forward model that
+  predicts properties from a (relaxed) molecular graph; used to score samples and for guidance.
+* :class:`SmilesTransformer` — transformer over the seed paper's SMILES one-hot sequence with
+  property tokens (value embedding, or a learned null token where a property is not given) for
+  classifier-free guidance on any property subset.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .space import pack, unpack
+
+__all__ = ["TimeEmbedding", "GraphTransformer", "GraphRegressor", "SmilesTransformer"]
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal features of ``t: [B]`` (scaled by 1000) -> MLP -> ``[B, dim]``."""
+
+    def __init__(self, dim: int, *, freq_dim: int = 64):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        half = self.freq_dim // 2
+        f = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        a = 1000.0 * t.float()[:, None] * f[None]
+        return self.mlp(torch.cat([a.sin(), a.cos()], dim=-1))
+
+
+def _mlp(d: int, mult: int = 2) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d, mult * d), nn.SiLU(), nn.Linear(mult * d, d))
+
+
+class _GraphLayer(nn.Module):
+    """One block: edge-biased multi-head attention on nodes, node MLP, pair update of edges;
+    every sub-block modulated (FiLM) by the conditioning vector ``c: [B, dc]``."""
+
+    def __init__(self, dh: int, de: int, heads: int, dc: int):
+        super().__init__()
+        if dh % heads:
+            raise ValueError(f"hidden={dh} must be divisible by heads={heads}")
+        self.heads = heads
+        self.ln_h1, self.ln_h2, self.ln_e = nn.LayerNorm(dh), nn.LayerNorm(dh), nn.LayerNorm(de)
+        self.qkv = nn.Linear(dh, 3 * dh)
+        self.o = nn.Linear(dh, dh)
+        self.e_att = nn.Linear(de, 2 * heads)
+        self.ff_h = _mlp(dh)
+        self.pair_a = nn.Linear(dh, de)
+        self.pair_b = nn.Linear(dh, de, bias=False)
+        self.ff_e = _mlp(de)
+        self.film = nn.Linear(dc, 2 * dh + 2 * de)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, h: Tensor, e: Tensor, node_mask: Tensor, pair_mask: Tensor, c: Tensor):
+        # h: [B, N, dh], e: [B, N, N, de], node_mask: [B, N], pair_mask: [B, N, N], c: [B, dc]
+        B, N, dh = h.shape
+        sh, bh, se, be = torch.split(self.film(c), [dh, dh, e.shape[-1], e.shape[-1]], dim=-1)
+        x = self.ln_h1(h) * (1 + sh[:, None]) + bh[:, None]
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, dh // self.heads).permute(2, 0, 3, 1, 4)
+        s = q @ k.transpose(-1, -2) / math.sqrt(dh // self.heads)  # [B, H, N, N]
+        mul, add = self.e_att(e).permute(0, 3, 1, 2).chunk(2, dim=1)  # [B, H, N, N] each
+        s = s * (1 + mul) + add
+        s = s.masked_fill(~node_mask[:, None, None, :], float("-inf"))
+        a = torch.softmax(s, dim=-1).nan_to_num(0.0)
+        h = h + self.o((a @ v).transpose(1, 2).reshape(B, N, dh))
+        h = h + self.ff_h(self.ln_h2(h))
+        h = h * node_mask[..., None]
+        pa, pb = self.pair_a(h), self.pair_b(h)  # [B, N, de] each: pair terms built per node
+        p = pa[:, :, None] + pa[:, None, :] + pb[:, :, None] * pb[:, None, :]  # [B, N, N, de], symmetric
+        e = e + self.ff_e(self.ln_e(e) * (1 + se[:, None, None]) + be[:, None, None] + p)
+        return h, e * pair_mask[..., None]
+
+
+class _GraphTrunk(nn.Module):
+    def __init__(self, n_atom_types, n_bond_types, hidden, edge_hidden, layers, heads, cond_dim):
+        super().__init__()
+        self.in_h = nn.Linear(n_atom_types + 1, hidden)
+        self.in_e = nn.Linear(n_bond_types, edge_hidden)
+        self.layers = nn.ModuleList(_GraphLayer(hidden, edge_hidden, heads, cond_dim) for _ in range(layers))
+
+    def forward(self, X, E, node_mask, c):
+        nm = node_mask.bool()
+        N = X.shape[1]
+        pair = nm[:, :, None] & nm[:, None, :] & ~torch.eye(N, dtype=torch.bool, device=X.device)
+        h = self.in_h(torch.cat([X, nm[..., None].to(X.dtype)], dim=-1)) * nm[..., None]
+        e = self.in_e(E) * pair[..., None]
+        for layer in self.layers:
+            h, e = layer(h, e, nm, pair, c)
+        return h, e, nm, pair
+
+
+class GraphTransformer(nn.Module):
+    """Denoiser backbone on packed graphs.
+
+    ``forward(x [B, N*K + N*N*C], t [B], cond=None, *, node_mask [B, N]) -> [B, N*K + N*N*C]``;
+    the output is zero on absent nodes and pairs and symmetric in the bond block.
+    ``cond`` (optional ``[B, cond_dim]``) is added to the time embedding."""
+
+    def __init__(self, *, n_atom_types: int = 8, n_bond_types: int = 4, max_nodes: int = 9,
+                 hidden: int = 128, edge_hidden: int = 64, layers: int = 4, heads: int = 4,
+                 cond_dim: int = 0):
+        super().__init__()
+        self.n, self.k, self.c = max_nodes, n_atom_types, n_bond_types
+        self.cond_dim = cond_dim
+        self.time = TimeEmbedding(hidden)
+        self.cond = nn.Linear(cond_dim, hidden) if cond_dim else None
+        self.trunk = _GraphTrunk(n_atom_types, n_bond_types, hidden, edge_hidden, layers, heads, hidden)
+        self.out_h = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, n_atom_types))
+        self.out_e = nn.Sequential(nn.LayerNorm(edge_hidden), nn.Linear(edge_hidden, n_bond_types))
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None, *, node_mask: Tensor) -> Tensor:
+        X, E = unpack(x, self.n, self.k, self.c)
+        c = self.time(t)
+        if self.cond is not None and cond is not None:
+            c = c + self.cond(cond.to(c.dtype))
+        h, e, nm, pair = self.trunk(X, E, node_mask, c)
+        Xo = self.out_h(h) * nm[..., None]
+        Eo = self.out_e(e)
+        Eo = 0.5 * (Eo + Eo.transpose(1, 2)) * pair[..., None]
+        return pack(Xo, Eo)
+
+
+class GraphRegressor(nn.Module):
+    """Forward model: packed (relaxed) graph -> ``n_out`` properties.
+
+    ``forward(x [B, N*K + N*N*C], *, node_mask [B, N]) -> [B, n_out]`` (scaled property units).
+    Works on soft inputs (``x0_hat`` during guidance) as well as on exact one-hots."""
+
+    def __init__(self, *, n_atom_types: int = 8, n_bond_types: int = 4, max_nodes: int = 9,
+                 hidden: int = 128, edge_hidden: int = 64, layers: int = 4, heads: int = 4, n_out: int = 12):
+        super().__init__()
+        self.n, self.k, self.c = max_nodes, n_atom_types, n_bond_types
+        self.trunk = _GraphTrunk(n_atom_types, n_bond_types, hidden, edge_hidden, layers, heads, hidden)
+        self.c0 = nn.Parameter(torch.zeros(hidden))
+        self.head = nn.Sequential(nn.LayerNorm(2 * hidden + edge_hidden), nn.Linear(2 * hidden + edge_hidden, hidden),
+                                  nn.SiLU(), nn.Linear(hidden, n_out))
+
+    def forward(self, x: Tensor, *, node_mask: Tensor) -> Tensor:
+        X, E = unpack(x, self.n, self.k, self.c)
+        c = self.c0.expand(x.shape[0], -1)
+        h, e, nm, pair = self.trunk(X, E, node_mask, c)
+        n = nm.sum(1, keepdim=True).clamp_min(1).to(h.dtype)
+        hm = h.sum(1) / n                                   # [B, dh] mean
+        hs = h.sum(1) / self.n                              # [B, dh] size-aware sum
+        em = e.sum((1, 2)) / (n * n)                        # [B, de]
+        return self.head(torch.cat([hm, hs, em], dim=-1))
+
+
+class SmilesTransformer(nn.Module):
+    """Backbone for the seed paper's SMILES one-hot sequences with property conditioning.
+
+    ``forward(x [B, L, V], t [B], cond=None, **kw) -> [B, L, V]``. ``cond`` is None
+    (unconditional) or a dict ``{"y": [B, P] scaled values, "mask": [B, P] bool}``: property
+    ``p`` enters as a token ``y_p w_p + b_p`` where given and as a learned null token ``n_p``
+    where not (classifier-free guidance on any subset of properties)."""
+
+    def __init__(self, *, vocab: int = 22, length: int = 32, n_props: int = 12, d_model: int = 128,
+                 layers: int = 4, heads: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.vocab, self.length, self.n_props = vocab, length, n_props
+        self.inp = nn.Linear(vocab, d_model)
+        self.pos = nn.Parameter(torch.randn(length + n_props + 1, d_model) * 0.02)
+        self.time = TimeEmbedding(d_model)
+        self.prop_w = nn.Parameter(torch.randn(n_props, d_model) * 0.5)
+        self.prop_b = nn.Parameter(torch.zeros(n_props, d_model))
+        self.prop_null = nn.Parameter(torch.randn(n_props, d_model) * 0.02)
+        enc = nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout=dropout, activation="gelu",
+                                         batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(enc, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.out = nn.Linear(d_model, vocab)
+
+    def prop_tokens(self, cond, B: int, device, dtype) -> Tensor:
+        """``[B, P, d]`` property tokens (null tokens where a property is not given)."""
+        null = self.prop_null[None].expand(B, -1, -1)
+        if cond is None or self.n_props == 0:
+            return null
+        y, mask = cond["y"].to(dtype), cond["mask"].bool()
+        if y.shape != (B, self.n_props) or mask.shape != (B, self.n_props):
+            raise ValueError(f"cond y and mask must be [B={B}, P={self.n_props}], got "
+                             f"{tuple(y.shape)} and {tuple(mask.shape)}")
+        val = y[..., None] * self.prop_w[None] + self.prop_b[None]
+        return torch.where(mask[..., None], val, null)
+
+    def forward(self, x: Tensor, t: Tensor, cond=None, **kw) -> Tensor:
+        B, L, V = x.shape
+        if (L, V) != (self.length, self.vocab):
+            raise ValueError(f"expected x [B, {self.length}, {self.vocab}], got {tuple(x.shape)}")
+        tok = self.inp(x)
+        extra = torch.cat([self.time(t)[:, None], self.prop_tokens(cond, B, x.device, tok.dtype)], dim=1)
+        hseq = torch.cat([extra, tok], dim=1) + self.pos[None]
+        hseq = self.encoder(hseq)
+        return self.out(self.norm(hseq[:, -L:]))

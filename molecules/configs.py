@@ -1,0 +1,154 @@
+"""Frozen configs of the molecules domain with ``tiny()`` / ``default()`` / ``gpu()`` presets.
+
+``MoleculesConfig`` holds the data settings, the three models (graph diffusion, forward
+property model, SMILES diffusion) and a :class:`shared.config.TrainConfig`. All three models are
+trained together by one :class:`shared.training.Trainer` run (the loss is the sum of the enabled
+models' losses), so one checkpoint holds everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from shared.config import ConfigError, TrainConfig
+
+from .data import PROPERTY_NAMES
+
+__all__ = ["DataConfig", "GraphConfig", "PredictorConfig", "SmilesConfig", "MoleculesConfig",
+           "tiny", "default", "gpu", "RDKIT_DESCRIPTORS"]
+
+#: RDKit descriptors that may be added to the property list (computed from the molecule, so
+#: conditional generation on them is scored exactly).
+RDKIT_DESCRIPTORS: tuple[str, ...] = ("logp", "mol_wt", "tpsa", "qed", "n_heavy")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """path: QM9-format CSV (None = the vendored 20k sample); limit: first N rows only;
+    split: 'random' or 'scaffold'; fractions: train/val/test; properties: the QM9 columns
+    and/or :data:`RDKIT_DESCRIPTORS` the models predict and condition on."""
+
+    path: str | None = None
+    limit: int | None = None
+    split: Literal["random", "scaffold"] = "random"
+    fractions: tuple[float, ...] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    properties: tuple[str, ...] = PROPERTY_NAMES
+
+    def __post_init__(self):
+        if self.split not in ("random", "scaffold"):
+            raise ConfigError(f"data.split={self.split!r} is not one of ['random', 'scaffold']")
+        bad = [p for p in self.properties if p not in PROPERTY_NAMES and p not in RDKIT_DESCRIPTORS]
+        if bad:
+            raise ConfigError(f"data.properties: unknown {bad}; choose from {PROPERTY_NAMES + RDKIT_DESCRIPTORS}")
+        if len(self.fractions) != 3 or abs(sum(self.fractions) - 1) > 1e-6:
+            raise ConfigError(f"data.fractions={self.fractions} must be three numbers summing to 1")
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """Graph diffusion model (unconditional; predictor guidance at sampling time)."""
+
+    hidden: int = 128
+    edge_hidden: int = 64
+    layers: int = 4
+    heads: int = 4
+    prediction: Literal["x0", "eps", "v"] = "x0"
+    weighting: str = "simple"
+    time_sampler: str = "uniform"
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    """Forward model (graph regressor over the same representation). ``noise_aug``: std of
+    Gaussian noise added to the one-hot inputs half of the time, so the model tolerates the soft
+    ``x0_hat`` it sees during guidance."""
+
+    enabled: bool = True
+    hidden: int = 128
+    edge_hidden: int = 64
+    layers: int = 4
+    heads: int = 4
+    noise_aug: float = 0.3
+    loss_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class SmilesConfig:
+    """Seed-paper inverse design: SMILES one-hot diffusion with property tokens and CFG.
+    ``cond_drop``: probability of dropping the whole condition (shared.loss.drop_condition);
+    besides, each sample keeps a random subset of properties (keep rate ~ U(0, 1))."""
+
+    enabled: bool = True
+    d_model: int = 128
+    layers: int = 4
+    heads: int = 4
+    prediction: Literal["x0", "eps", "v"] = "x0"
+    weighting: str = "simple"
+    cond_drop: float = 0.1
+    guidance_scale: float = 2.0
+
+
+@dataclass(frozen=True)
+class MoleculesConfig:
+    """Everything the molecules task needs. ``process``: a :func:`shared.process.make` kind."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    smiles: SmilesConfig = field(default_factory=SmilesConfig)
+    process: Literal["cosine_vp", "linear_vp"] = "cosine_vp"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample_steps: int = 50
+
+
+def tiny() -> MoleculesConfig:
+    """Seconds on a CPU: 256 molecules, 2-layer models, a few steps (tests)."""
+    return MoleculesConfig(
+        data=DataConfig(limit=256),
+        graph=GraphConfig(hidden=32, edge_hidden=16, layers=2, heads=2),
+        predictor=PredictorConfig(hidden=32, edge_hidden=16, layers=2, heads=2),
+        smiles=SmilesConfig(d_model=32, layers=2, heads=2),
+        train=TrainConfig(steps=4, batch_size=16, lr=1e-3, ema_decay=0.0, log_every=2, device="cpu"),
+        sample_steps=5,
+    )
+
+
+def default() -> MoleculesConfig:
+    """A few minutes on a 2-core CPU: the whole 20k sample, small models."""
+    return MoleculesConfig(
+        graph=GraphConfig(hidden=96, edge_hidden=48, layers=4, heads=4),
+        predictor=PredictorConfig(hidden=64, edge_hidden=32, layers=3, heads=4),
+        smiles=SmilesConfig(d_model=96, layers=3, heads=4),
+        train=TrainConfig(steps=600, batch_size=128, lr=1e-3, warmup_steps=50, lr_schedule="cosine",
+                          ema_decay=0.995, log_every=50),
+        sample_steps=50,
+    )
+
+
+def gpu() -> MoleculesConfig:
+    """Real numbers on one GPU (H100): larger models, many more steps."""
+    return MoleculesConfig(
+        graph=GraphConfig(hidden=256, edge_hidden=128, layers=8, heads=8),
+        predictor=PredictorConfig(hidden=192, edge_hidden=96, layers=6, heads=8),
+        smiles=SmilesConfig(d_model=256, layers=8, heads=8),
+        train=TrainConfig(steps=30000, batch_size=512, lr=5e-4, warmup_steps=1000, lr_schedule="cosine",
+                          ema_decay=0.9995, log_every=100, mixed_precision="bf16", checkpoint_every=5000),
+        sample_steps=100,
+    )
+
+
+_PRESETS = {"tiny": tiny, "default": default, "gpu": gpu}
+
+
+def preset(name: str) -> MoleculesConfig:
+    """Config by preset name (``tiny``, ``default``, ``gpu``)."""
+    if name not in _PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(_PRESETS)}")
+    return _PRESETS[name]()
+
+
+def with_train(cfg: MoleculesConfig, **kw) -> MoleculesConfig:
+    """Copy of ``cfg`` with train fields replaced."""
+    return replace(cfg, train=replace(cfg.train, **kw))

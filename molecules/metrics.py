@@ -1,0 +1,173 @@
+"""Quality metrics for generated molecules (RDKit).
+
+* **validity** — fraction of samples whose molecule sanitises (RDKit ``SanitizeMol``); a valid
+  molecule is represented by its largest fragment (the usual QM9 convention).
+* **uniqueness** — distinct canonical SMILES among the valid ones / number valid.
+* **novelty** — unique valid SMILES not in the reference (training) set / number unique.
+* **connectivity** — fraction of valid molecules that are one fragment.
+* **QED / SA** — mean and std over valid molecules (SA: Ertl & Schuffenhauer, RDKit Contrib).
+* **property fidelity** — MAE and R² between targets and predictions (forward model, or exact
+  RDKit descriptors for :data:`~molecules.configs.RDKIT_DESCRIPTORS`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["sanitize", "largest_fragment", "validity_report", "distribution_metrics",
+           "rdkit_descriptor", "descriptor_table", "regression_metrics", "draw_grid", "qed_sa"]
+
+
+def _chem():
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    return Chem
+
+
+def sanitize(mol):
+    """A sanitised copy of ``mol`` or None (None in, None out)."""
+    Chem = _chem()
+    if mol is None:
+        return None
+    m = Chem.Mol(mol)
+    try:
+        Chem.SanitizeMol(m)
+    except Exception:
+        return None
+    return m
+
+
+def largest_fragment(mol):
+    """Largest connected fragment (by heavy atoms) of a sanitised molecule."""
+    Chem = _chem()
+    frags = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
+    return max(frags, key=lambda f: f.GetNumAtoms()) if len(frags) > 1 else mol
+
+
+def validity_report(samples: Sequence, reference: Iterable[str] | None = None,
+                    reference_name: str = "novelty") -> dict[str, float]:
+    """Validity, uniqueness, novelty and connectivity of ``samples`` (RDKit ``Mol`` or None, or
+    SMILES strings). ``reference``: canonical SMILES the novelty is measured against."""
+    Chem = _chem()
+    n = len(samples)
+    if n == 0:
+        raise ValueError("no samples to evaluate")
+    valid, connected = [], 0
+    for s in samples:
+        m = Chem.MolFromSmiles(s) if isinstance(s, str) and s else (s if not isinstance(s, str) else None)
+        m = sanitize(m)
+        if m is None or m.GetNumAtoms() == 0:
+            continue
+        frags = Chem.GetMolFrags(m)
+        connected += len(frags) == 1
+        lf = largest_fragment(m)
+        smi = Chem.MolToSmiles(lf, isomericSmiles=False)
+        if Chem.MolFromSmiles(smi) is None:  # SMILES that RDKit cannot read back is not valid
+            continue
+        valid.append(smi)
+    nv = len(valid)
+    uniq = set(valid)
+    out = {"validity": nv / n, "uniqueness": len(uniq) / nv if nv else 0.0,
+           "connectivity": connected / nv if nv else 0.0, "valid_unique": len(uniq) / n,
+           "n_samples": float(n)}
+    if reference is not None:
+        ref = reference if isinstance(reference, (set, frozenset)) else set(reference)
+        out[reference_name] = (len(uniq - ref) / len(uniq)) if uniq else 0.0
+    return out
+
+
+def qed_sa(mols: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """QED and SA score arrays over the non-None molecules."""
+    from rdkit.Chem import QED
+    from rdkit.Contrib.SA_Score import sascorer
+
+    q, s = [], []
+    for m in mols:
+        if m is None:
+            continue
+        try:
+            q.append(QED.qed(m))
+            s.append(sascorer.calculateScore(m))
+        except Exception:  # pragma: no cover - descriptor failure on an odd molecule
+            continue
+    return np.array(q, dtype=float), np.array(s, dtype=float)
+
+
+def distribution_metrics(mols: Sequence, reference_mols: Sequence | None = None) -> dict[str, float]:
+    """QED/SA mean and std of valid ``mols`` (and of ``reference_mols`` as ``ref_*``)."""
+    out: dict[str, float] = {}
+    for tag, ms in (("", mols), ("ref_", reference_mols)):
+        if ms is None:
+            continue
+        q, s = qed_sa([sanitize(m) for m in ms])
+        out[f"{tag}qed_mean"] = float(q.mean()) if q.size else float("nan")
+        out[f"{tag}qed_std"] = float(q.std()) if q.size else float("nan")
+        out[f"{tag}sa_mean"] = float(s.mean()) if s.size else float("nan")
+        out[f"{tag}sa_std"] = float(s.std()) if s.size else float("nan")
+    return out
+
+
+def rdkit_descriptor(name: str, mol) -> float:
+    """Exact RDKit descriptor ``name`` (one of RDKIT_DESCRIPTORS) of ``mol``."""
+    from rdkit.Chem import QED, Crippen, Descriptors, rdMolDescriptors
+
+    if name == "logp":
+        return float(Crippen.MolLogP(mol))
+    if name == "mol_wt":
+        return float(Descriptors.MolWt(mol))
+    if name == "tpsa":
+        return float(rdMolDescriptors.CalcTPSA(mol))
+    if name == "qed":
+        return float(QED.qed(mol))
+    if name == "n_heavy":
+        return float(mol.GetNumHeavyAtoms())
+    raise ValueError(f"unknown RDKit descriptor {name!r}")
+
+
+def descriptor_table(mols: Sequence, names: Sequence[str]) -> np.ndarray:
+    """``[M, len(names)]`` RDKit descriptors (NaN for None molecules)."""
+    out = np.full((len(mols), len(names)), np.nan)
+    for i, m in enumerate(mols):
+        if m is None:
+            continue
+        for j, nm in enumerate(names):
+            out[i, j] = rdkit_descriptor(nm, m)
+    return out
+
+
+def regression_metrics(target, pred) -> dict[str, float]:
+    """MAE and R² (1 - SS_res / SS_tot around the targets' mean) over finite pairs."""
+    t, p = np.asarray(target, dtype=float).ravel(), np.asarray(pred, dtype=float).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"target and prediction sizes differ: {t.shape} vs {p.shape}")
+    ok = np.isfinite(t) & np.isfinite(p)
+    t, p = t[ok], p[ok]
+    if t.size == 0:
+        return {"mae": float("nan"), "r2": float("nan"), "n": 0.0}
+    ss_tot = float(((t - t.mean()) ** 2).sum())
+    r2 = 1.0 - float(((t - p) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
+    return {"mae": float(np.abs(t - p).mean()), "r2": r2, "n": float(t.size)}
+
+
+def draw_grid(mols: Sequence, path, *, legends: Sequence[str] | None = None, per_row: int = 6,
+              size: int = 220, max_mols: int = 24) -> None:
+    """PNG grid of molecules (invalid ones skipped) with legends, via RDKit Draw."""
+    from rdkit.Chem import Draw
+
+    pairs = [(m, (legends[i] if legends else "")) for i, m in enumerate(mols) if m is not None][:max_mols]
+    if not pairs:
+        raise ValueError("no valid molecules to draw")
+    img = Draw.MolsToGridImage([m for m, _ in pairs], molsPerRow=per_row, subImgSize=(size, size),
+                               legends=[lg for _, lg in pairs])
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(str(path))
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, float) and math.isfinite(x)

@@ -1,0 +1,501 @@
+"""The molecules DomainTask: QM9 graph diffusion (headline), a forward property model, and
+seed-paper SMILES inverse design with classifier-free guidance.
+
+Python API::
+
+    from molecules.task import MoleculesTask
+    task = MoleculesTask()
+    cfg = task.config("tiny")
+    data = task.load_data(cfg)
+    model = task.build(cfg)
+    model = task.train(cfg, model, data, Trainer(cfg.train))
+    samples = task.generate(model, 64, solver=solvers.make("ddim"), grid=grid.make("uniform", 50,
+                            process=model.process))
+    task.evaluate(samples, data)        # validity, uniqueness, novelty, ...
+
+Property-conditioned generation: :func:`sample_smiles` (CFG on any property subset) and
+``generate(..., guidance=PropertyGuidance({"gap": 0.25}, scale=...))`` (predictor guidance on
+the graph model, energy guidance through ``shared.guidance.energy``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from shared import guidance as G
+from shared.config import from_dict, to_dict
+from shared.loss import diffusion_loss, drop_condition
+from shared.param import Denoiser
+from shared.process import make as make_process
+from shared.registry import Splits
+from shared.sample import prior, sample
+
+from . import configs as C
+from .backbones import GraphRegressor, GraphTransformer, SmilesTransformer
+from .data import (ATOM_TYPES, BOND_ORDERS, MAX_NODES, PROPERTY_NAMES, PROPERTY_UNITS, SMILES_ALPHABET,
+                   SMILES_LENGTH, MoleculeDataset, MoleculeTable, PropertyScaler, dense_to_mol, load_qm9,
+                   load_qm9_smiles, mol_to_dense, onehot_to_smiles, random_split, scaffold_split)
+from .metrics import (descriptor_table, distribution_metrics, draw_grid, regression_metrics, sanitize,
+                      validity_report)
+from .space import MolGraphSpace, decode_dense, encode_dense, pack, unpack
+
+__all__ = ["MoleculesTask", "MoleculeModel", "MoleculeSamples", "PropertyGuidance", "sample_graphs",
+           "sample_smiles", "predict_properties"]
+
+K_ATOMS, C_BONDS = len(ATOM_TYPES), len(BOND_ORDERS)
+
+
+# --------------------------------------------------------------------------- model
+
+
+class MoleculeModel(nn.Module):
+    """The three networks of the domain plus what sampling needs.
+
+    * ``graph``: :class:`shared.param.Denoiser` over packed graphs (:class:`MolGraphSpace`);
+    * ``predictor``: :class:`GraphRegressor` forward model (scaled properties) or None;
+    * ``smiles``: :class:`shared.param.Denoiser` over SMILES one-hots ``[B, 32, 22]`` or None;
+    * buffers ``prop_lo, prop_hi: [P]`` (min-max scaler) and ``n_atoms_prob: [N + 1]`` (the
+      training distribution of heavy-atom counts, sampled for each generated graph).
+
+    ``forward(batch, generator) -> [B]`` is the training loss (sum of the enabled models'
+    losses), so one Trainer (and DDP) trains everything. ``process`` is the noise process;
+    ``space_for(node_mask)`` gives the per-batch graph space.
+    """
+
+    def __init__(self, cfg: C.MoleculesConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.property_names = tuple(cfg.data.properties)
+        P = len(self.property_names)
+        self.process = make_process(cfg.process)
+        g = cfg.graph
+        net = GraphTransformer(n_atom_types=K_ATOMS, n_bond_types=C_BONDS, max_nodes=MAX_NODES,
+                               hidden=g.hidden, edge_hidden=g.edge_hidden, layers=g.layers, heads=g.heads)
+        self.graph = Denoiser(net, self.process, g.prediction)
+        p = cfg.predictor
+        self.predictor = (GraphRegressor(n_atom_types=K_ATOMS, n_bond_types=C_BONDS, max_nodes=MAX_NODES,
+                                         hidden=p.hidden, edge_hidden=p.edge_hidden, layers=p.layers,
+                                         heads=p.heads, n_out=P) if p.enabled else None)
+        s = cfg.smiles
+        self.smiles = (Denoiser(SmilesTransformer(vocab=len(SMILES_ALPHABET), length=SMILES_LENGTH, n_props=P,
+                                                  d_model=s.d_model, layers=s.layers, heads=s.heads),
+                                self.process, s.prediction) if s.enabled else None)
+        self.register_buffer("prop_lo", torch.zeros(P, dtype=torch.float64))
+        self.register_buffer("prop_hi", torch.ones(P, dtype=torch.float64))
+        prob = torch.zeros(MAX_NODES + 1)
+        prob[MAX_NODES] = 1.0
+        self.register_buffer("n_atoms_prob", prob)
+
+    # ---- helpers
+
+    @property
+    def space(self) -> None:
+        """Graphs have a per-batch space: use :meth:`space_for`."""
+        return None
+
+    @staticmethod
+    def space_for(node_mask: Tensor) -> MolGraphSpace:
+        """The packed-graph space for ``node_mask: [B, N]``."""
+        return MolGraphSpace(node_mask.bool(), K_ATOMS, C_BONDS)
+
+    @property
+    def scaler(self) -> PropertyScaler:
+        return PropertyScaler(self.prop_lo.cpu(), self.prop_hi.cpu())
+
+    def set_data_stats(self, scaler: PropertyScaler, n_atoms_prob: Tensor) -> None:
+        """Store the property scaler and atom-count distribution of the training split."""
+        with torch.no_grad():
+            self.prop_lo.copy_(scaler.lo)
+            self.prop_hi.copy_(scaler.hi)
+            self.n_atoms_prob.copy_(n_atoms_prob)
+
+    # ---- training loss
+
+    def forward(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """Per-sample training loss ``[B]`` for a batch of :class:`MoleculeDataset` items."""
+        cfg, g = self.cfg, generator
+        X, E, nm = encode_dense(batch["atoms"], batch["bonds"], K_ATOMS, C_BONDS)
+        x0 = pack(X, E)  # [B, N*K + N*N*C]
+        space = self.space_for(nm)
+        loss = diffusion_loss(self.graph, x0, space=space, generator=g, weighting=cfg.graph.weighting,
+                              time_sampler=cfg.graph.time_sampler, node_mask=nm)
+        B, dev = x0.shape[0], x0.device
+        y, known = batch["y"].float(), batch["y_known"].bool()
+        if self.predictor is not None and y.shape[1]:
+            aug = (torch.rand(B, generator=g, device=dev) < 0.5).float() * \
+                torch.rand(B, generator=g, device=dev) * cfg.predictor.noise_aug
+            x_in = x0 + space.bcast(aug, x0) * space.noise(x0, g)
+            err = (self.predictor(x_in, node_mask=nm) - y) ** 2 * known
+            loss = loss + cfg.predictor.loss_weight * err.sum(1) / known.sum(1).clamp_min(1)
+        if self.smiles is not None:
+            seq = 2.0 * nn.functional.one_hot(batch["tokens"], len(SMILES_ALPHABET)).float() - 1.0
+            keep_rate = torch.rand(B, 1, generator=g, device=dev)
+            subset = torch.rand(y.shape, generator=g, device=dev) < keep_rate
+            cond = {"y": y, "mask": subset & known}
+            cond = drop_condition(cond, cfg.smiles.cond_drop, generator=g, null={"y": 0.0, "mask": False})
+            loss = loss + diffusion_loss(self.smiles, seq, cond=cond, generator=g,
+                                         weighting=cfg.smiles.weighting)
+        return loss
+
+
+# --------------------------------------------------------------------------- samples
+
+
+@dataclass
+class MoleculeSamples:
+    """Generated molecules.
+
+    kind:     'graph' or 'smiles'.
+    mols:     sanitised RDKit ``Mol`` or None (invalid), ``[n]``.
+    smiles:   canonical SMILES or None, ``[n]`` (for 'smiles' also ``raw``: the decoded strings).
+    atoms, bonds: dense classes ``[n, N]``, ``[n, N, N]`` ('graph' only).
+    pred:     forward-model properties ``[n, P]`` in raw units (NaN where invalid / no model).
+    targets:  requested properties ``[n, P]`` in raw units (NaN where not targeted) or None.
+    names:    property names ``[P]``.
+    """
+
+    kind: str
+    mols: list
+    smiles: list
+    raw: list = field(default_factory=list)
+    atoms: Tensor | None = None
+    bonds: Tensor | None = None
+    pred: Tensor | None = None
+    targets: Tensor | None = None
+    names: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.mols)
+
+    def graphs(self) -> list:
+        """PyG ``Data`` graphs of the valid molecules (None for invalid)."""
+        from .data import mol_to_graph
+
+        return [mol_to_graph(m) if m is not None else None for m in self.mols]
+
+
+@dataclass(frozen=True)
+class PropertyGuidance:
+    """Predictor guidance for the graph model toward target properties (raw units, e.g.
+    ``{"gap": 0.25}`` Hartree, or per-sample tensors ``[n]``). ``scale`` multiplies the gradient
+    of the energy ``sum_p (f_p(x0_hat) - y_p)^2`` (scaled units) through the denoiser
+    (``shared.guidance.energy``); ``interval`` restricts it to ``(t_lo, t_hi)``."""
+
+    targets: Mapping[str, Any]
+    scale: float = 200.0
+    interval: tuple[float, float] | None = None
+
+
+def _per_sample_generators(generator, n: int, device) -> list[torch.Generator]:
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != n:
+            raise ValueError(f"got {len(generator)} per-sample generators for n={n}")
+        return list(generator)
+    if generator is None:
+        base = int(torch.randint(0, 2**62, (1,)))
+    else:
+        base = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    return [torch.Generator(device=device).manual_seed(base + 7919 * i) for i in range(n)]
+
+
+def _targets_tensor(model: MoleculeModel, targets: Mapping[str, Any] | None, n: int) -> Tensor | None:
+    if not targets:
+        return None
+    names = model.property_names
+    out = torch.full((n, len(names)), float("nan"), dtype=torch.float64)
+    for k, v in targets.items():
+        if k not in names:
+            raise ValueError(f"unknown target property {k!r}; the model knows {names}")
+        v = torch.as_tensor(v, dtype=torch.float64).reshape(-1)
+        if v.numel() not in (1, n):
+            raise ValueError(f"target {k!r} must be a number or have n={n} values, got {v.numel()}")
+        out[:, names.index(k)] = v.expand(n) if v.numel() == 1 else v
+    return out
+
+
+@torch.no_grad()
+def predict_properties(model: MoleculeModel, mols: Sequence, *, batch_size: int = 1024) -> Tensor:
+    """Forward-model properties ``[n, P]`` (raw units) of RDKit molecules (NaN for None or for
+    molecules outside the representation)."""
+    P = len(model.property_names)
+    out = torch.full((len(mols), P), float("nan"), dtype=torch.float64)
+    if model.predictor is None:
+        return out
+    idx, A, Bd = [], [], []
+    for i, m in enumerate(mols):
+        if m is None:
+            continue
+        try:
+            a, b = mol_to_dense(m, MAX_NODES)
+        except ValueError:
+            continue
+        idx.append(i)
+        A.append(a)
+        Bd.append(b)
+    if not idx:
+        return out
+    dev = model.prop_lo.device
+    A, Bd = torch.stack(A).to(dev), torch.stack(Bd).to(dev)
+    preds = []
+    for s in range(0, len(idx), batch_size):
+        X, E, nm = encode_dense(A[s:s + batch_size], Bd[s:s + batch_size], K_ATOMS, C_BONDS)
+        preds.append(model.predictor(pack(X, E), node_mask=nm).double().cpu())
+    out[idx] = model.scaler.inverse(torch.cat(preds))
+    return out
+
+
+def _decode_graphs(atoms: Tensor, bonds: Tensor) -> tuple[list, list]:
+    from .data import canonical_smiles
+
+    mols, smi = [], []
+    for a, b in zip(atoms, bonds):
+        m = dense_to_mol(a, b)
+        mols.append(m)
+        smi.append(canonical_smiles(m) if m is not None else None)
+    return mols, smi
+
+
+def sample_graphs(model: MoleculeModel, n: int, *, solver, grid: Tensor, generator=None,
+                  guidance: PropertyGuidance | None = None, batch_size: int = 500,
+                  progress: bool = False) -> MoleculeSamples:
+    """Generate ``n`` molecular graphs with the graph model (unconditional, or predictor-guided
+    toward ``guidance.targets``). Every sample has its own generator (derived from
+    ``generator``), so a sample does not depend on the batch it was drawn in."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    model.eval()
+    dev = model.prop_lo.device
+    gens = _per_sample_generators(generator, n, dev)
+    prob = model.n_atoms_prob.float()
+    n_atoms = torch.stack([torch.multinomial(prob.to(gg.device), 1, generator=gg).cpu() for gg in gens]).reshape(n)
+    node_mask = (torch.arange(MAX_NODES)[None] < n_atoms[:, None]).to(dev)
+    targets = _targets_tensor(model, guidance.targets if guidance else None, n)
+    D = MAX_NODES * K_ATOMS + MAX_NODES * MAX_NODES * C_BONDS
+    outs = []
+    chunks = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        chunks = tqdm(chunks, desc="graphs", leave=False)
+    for s in chunks:
+        nm, gg = node_mask[s:s + batch_size], gens[s:s + batch_size]
+        space = model.space_for(nm)
+        x_T = prior((nm.shape[0], D), process=model.process, t=float(grid[0]), space=space, generator=gg,
+                    device=dev)
+        denoise = model.graph.bind(None, node_mask=nm)
+        if guidance is not None and guidance.scale != 0:
+            if model.predictor is None:
+                raise ValueError("predictor guidance needs a model with a predictor (predictor.enabled)")
+            tgt = model.scaler.transform(targets[s:s + batch_size]).to(dev)
+            known = torch.isfinite(tgt)
+            tgt = torch.nan_to_num(tgt)
+
+            def energy_fn(x0, x, t, nm=nm, tgt=tgt, known=known):
+                pred = model.predictor(x0, node_mask=nm)
+                return (((pred - tgt) ** 2) * known).sum(-1)
+
+            denoise = G.energy(denoise, energy_fn, guidance.scale, interval=guidance.interval,
+                               process=model.process, space=space)
+        x = sample(denoise, x_T, grid, solver, process=model.process, space=space, hooks=(G.project(space),),
+                   generator=gg)
+        outs.append(x)
+    x = torch.cat(outs)
+    X, E = unpack(x, MAX_NODES, K_ATOMS, C_BONDS)
+    atoms, bonds = decode_dense(X, E, node_mask)
+    mols, smi = _decode_graphs(atoms.cpu(), bonds.cpu())
+    pred = predict_properties(model, mols)
+    return MoleculeSamples("graph", mols, smi, [], atoms.cpu(), bonds.cpu(), pred, targets, model.property_names)
+
+
+def sample_smiles(model: MoleculeModel, n: int, *, solver, grid: Tensor, targets: Mapping[str, Any] | None = None,
+                  scale: float | None = None, generator=None, batch_size: int = 500,
+                  progress: bool = False) -> MoleculeSamples:
+    """Seed-paper inverse design: generate ``n`` SMILES one-hot sequences, conditioned on the
+    properties in ``targets`` (raw units; a number or ``[n]`` values per property; the other
+    properties are dropped exactly as in CFG training) with classifier-free guidance ``scale``
+    (``shared.guidance.cfg``; default ``cfg.smiles.guidance_scale``; 1 = conditional only)."""
+    if model.smiles is None:
+        raise ValueError("this model has no SMILES diffusion model (smiles.enabled=False)")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    model.eval()
+    dev = model.prop_lo.device
+    scale = model.cfg.smiles.guidance_scale if scale is None else scale
+    gens = _per_sample_generators(generator, n, dev)
+    tgt_raw = _targets_tensor(model, targets, n)
+    P = len(model.property_names)
+    outs = []
+    chunks = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        chunks = tqdm(chunks, desc="smiles", leave=False)
+    with torch.no_grad():
+        for s in chunks:
+            gg = gens[s:s + batch_size]
+            b = len(gg)
+            x_T = prior((b, SMILES_LENGTH, len(SMILES_ALPHABET)), process=model.process, t=float(grid[0]),
+                        generator=gg, device=dev)
+            uncond = {"y": torch.zeros(b, P, device=dev), "mask": torch.zeros(b, P, dtype=torch.bool, device=dev)}
+            if tgt_raw is None:
+                denoise = model.smiles.bind(uncond)
+            else:
+                y = model.scaler.transform(tgt_raw[s:s + batch_size])
+                cond = {"y": torch.nan_to_num(y).to(dev), "mask": torch.isfinite(y).to(dev)}
+                denoise = G.cfg(model.smiles, cond, uncond, scale)
+            outs.append(sample(denoise, x_T, grid, solver, process=model.process, generator=gg))
+    x = torch.cat(outs)
+    raw = onehot_to_smiles(x.cpu())
+    from .data import canonical_smiles
+
+    from rdkit import Chem
+
+    mols = [sanitize(Chem.MolFromSmiles(r)) if r else None for r in raw]
+    smi = [canonical_smiles(m) if m is not None else None for m in mols]
+    pred = predict_properties(model, mols)
+    return MoleculeSamples("smiles", mols, smi, raw, None, None, pred, tgt_raw, model.property_names)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _add_descriptors(table: MoleculeTable, names: Sequence[str]) -> Tensor:
+    """``[M, len(names)]`` property matrix: QM9 columns from the table, RDKit descriptors computed."""
+    cols = []
+    for nm in names:
+        if nm in PROPERTY_NAMES:
+            if table.props is None or nm not in table.names:
+                raise ValueError(f"property {nm!r} is not in the data file (columns: {table.names})")
+            cols.append(table.props[:, table.names.index(nm)])
+        else:
+            cols.append(torch.from_numpy(descriptor_table(table.mols, [nm])[:, 0]))
+    return torch.stack(cols, dim=1).to(torch.float64)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_splits(data_cfg: C.DataConfig) -> Splits:
+    table = load_qm9(data_cfg.path, limit=data_cfg.limit)
+    props = _add_descriptors(table, data_cfg.properties)
+    table = MoleculeTable(table.smiles, table.mols, props, tuple(data_cfg.properties), table.ids, table.invalid)
+    if data_cfg.split == "scaffold":
+        parts = scaffold_split(table.smiles, data_cfg.fractions, data_cfg.seed)
+    else:
+        parts = random_split(len(table), data_cfg.fractions, data_cfg.seed)
+    scaler = PropertyScaler.fit(props[parts[0]])
+    sets = [MoleculeDataset(table.subset(p), scaler) for p in parts]
+    counts = torch.bincount((sets[0].atoms >= 0).sum(1), minlength=MAX_NODES + 1).float()
+    extra = {"scaler": scaler, "property_names": tuple(data_cfg.properties), "n_atoms_prob": counts / counts.sum(),
+             "train_smiles": frozenset(sets[0].smiles), "units": {k: PROPERTY_UNITS.get(k, "") for k in data_cfg.properties},
+             "tables": [table.subset(p) for p in parts]}
+    return Splits(sets[0], sets[1], sets[2], extra)
+
+
+# --------------------------------------------------------------------------- the task
+
+
+class MoleculesTask:
+    """QM9 molecule generation (graph diffusion; headline: validity) with a forward property
+    model and seed-paper SMILES inverse design. See the module docstring."""
+
+    name = "molecules"
+    headline_metric = ("validity", "max")
+    extra = "molecules"
+
+    def config(self, preset: str) -> C.MoleculesConfig:
+        return C.preset(preset)
+
+    def load_data(self, cfg: C.MoleculesConfig) -> Splits:
+        """Splits of :class:`MoleculeDataset`; ``extra`` holds the scaler, property names,
+        the atom-count distribution, the training SMILES (novelty reference) and the tables."""
+        return _load_splits(cfg.data)
+
+    def build(self, cfg: C.MoleculesConfig) -> MoleculeModel:
+        torch.manual_seed(cfg.train.seed)
+        return MoleculeModel(cfg)
+
+    def train(self, cfg: C.MoleculesConfig, model: MoleculeModel, data: Splits, trainer) -> MoleculeModel:
+        """Fit all enabled networks with one ``shared.training.Trainer`` run; returns the EMA
+        model when EMA is on."""
+        if len(data.train) == 0:
+            raise ValueError("training split is empty")
+        model.set_data_stats(data.extra["scaler"], data.extra["n_atoms_prob"])
+        trainer.fit(model, lambda m, batch, g: m(batch, g), data.train)
+        out = trainer.sampling_model
+        return out.eval()
+
+    def generate(self, model: MoleculeModel, n: int, *, solver, grid, guidance=None, generator=None,
+                 data: Splits | None = None) -> MoleculeSamples:
+        """``n`` molecules from the graph model; ``guidance`` is None, a
+        :class:`PropertyGuidance`, or a dict ``{property: value}`` (predictor guidance with the
+        default scale)."""
+        if isinstance(guidance, Mapping):
+            guidance = PropertyGuidance(dict(guidance))
+        return sample_graphs(model, n, solver=solver, grid=grid, generator=generator, guidance=guidance)
+
+    def evaluate(self, samples: MoleculeSamples, data: Splits) -> dict[str, float]:
+        """Validity, uniqueness, novelty (vs training SMILES; ``novelty_qm9`` vs all 133k QM9
+        when ``data.extra['novelty_vs_qm9']`` is true), connectivity, QED/SA statistics and,
+        for conditional samples, MAE / R² of targets vs forward-model predictions
+        (``cond_mae_<p>``, ``cond_r2_<p>``) and vs exact RDKit values for RDKit descriptors."""
+        out = validity_report(samples.mols, reference=data.extra.get("train_smiles", ()))
+        if data.extra.get("novelty_vs_qm9"):
+            out.update({k: v for k, v in validity_report(samples.mols, load_qm9_smiles(),
+                                                          "novelty_qm9").items() if k == "novelty_qm9"})
+        out.update(distribution_metrics(samples.mols))
+        if samples.targets is not None:
+            for j, nm in enumerate(samples.names):
+                tgt = samples.targets[:, j].numpy()
+                if not np.isfinite(tgt).any():
+                    continue
+                if samples.pred is not None:
+                    r = regression_metrics(tgt, samples.pred[:, j].numpy())
+                    out[f"cond_mae_{nm}"], out[f"cond_r2_{nm}"] = r["mae"], r["r2"]
+                if nm in C.RDKIT_DESCRIPTORS:
+                    r = regression_metrics(tgt, descriptor_table(samples.mols, [nm])[:, 0])
+                    out[f"cond_mae_{nm}_rdkit"], out[f"cond_r2_{nm}_rdkit"] = r["mae"], r["r2"]
+        return out
+
+    def save(self, model: MoleculeModel, cfg: C.MoleculesConfig, path) -> None:
+        from shared.checkpoint import save_checkpoint
+
+        save_checkpoint(path, {"model": model}, cfg,
+                        meta={"domain": self.name, "property_names": list(model.property_names)})
+
+    def load(self, path) -> tuple[MoleculeModel, C.MoleculesConfig]:
+        from shared.checkpoint import load_checkpoint, load_into
+
+        ckpt = load_checkpoint(path)
+        if ckpt.meta.get("domain") not in (None, self.name):
+            raise ValueError(f"{path}: checkpoint of domain {ckpt.meta.get('domain')!r}, not {self.name!r}")
+        cfg = from_dict(C.MoleculesConfig, ckpt.config)
+        model = MoleculeModel(cfg)
+        load_into(ckpt, {"model": model})
+        return model.eval(), cfg
+
+    def plot(self, samples: MoleculeSamples, data: Splits, path) -> None:
+        """Grid of generated molecules with SMILES and forward-model gap (Hartree) as legends."""
+        names = samples.names
+        legends = []
+        for i, s in enumerate(samples.smiles):
+            lg = s or ""
+            if samples.pred is not None and "gap" in names and s:
+                v = float(samples.pred[i, names.index("gap")])
+                if math.isfinite(v):
+                    lg += f"\ngap {v:.3f} Ha"
+            legends.append(lg)
+        if not any(m is not None for m in samples.mols):
+            from PIL import Image, ImageDraw
+
+            img = Image.new("RGB", (480, 120), "white")
+            ImageDraw.Draw(img).text((10, 50), f"no valid molecules among {len(samples)} samples", fill="black")
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            img.save(str(path))
+            return
+        draw_grid(samples.mols, path, legends=legends)

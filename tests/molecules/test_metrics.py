@@ -1,0 +1,72 @@
+"""Metrics on sets with a known answer."""
+
+import numpy as np
+import pytest
+
+from molecules import data as D
+from molecules import metrics as M
+
+
+def test_qm9_itself_is_valid_and_unique():
+    t = D.load_qm9(limit=200)
+    r = M.validity_report(t.mols, reference=t.smiles[:100])
+    assert r["validity"] == 1.0 and r["uniqueness"] == 1.0 and r["connectivity"] == 1.0
+    assert r["novelty"] == pytest.approx(100 / 200)
+    assert M.validity_report(t.smiles, reference=set(t.smiles))["novelty"] == 0.0
+
+
+def test_duplicate_and_invalid():
+    # OCC duplicates CCO; C1CC is an unclosed ring (invalid); "" is invalid
+    r = M.validity_report(["CCO", "OCC", "C1CC", "c1ccccc1", ""], reference={"CCO"})
+    assert r["validity"] == pytest.approx(3 / 5)
+    assert r["uniqueness"] == pytest.approx(2 / 3)
+    assert r["novelty"] == pytest.approx(1 / 2)
+    assert r["valid_unique"] == pytest.approx(2 / 5)
+
+
+def test_valence_violation_invalid_and_fragments():
+    from rdkit import Chem
+
+    bad = Chem.RWMol(Chem.MolFromSmiles("C"))
+    for _ in range(5):  # pentavalent carbon
+        i = bad.AddAtom(Chem.Atom("C"))
+        bad.AddBond(0, i, Chem.BondType.SINGLE)
+    r = M.validity_report([bad.GetMol(), Chem.MolFromSmiles("CCO.C")], reference=set())
+    assert r["validity"] == 0.5 and r["connectivity"] == 0.0
+    assert Chem.MolToSmiles(M.largest_fragment(Chem.MolFromSmiles("CCO.C"))) == "CCO"
+    with pytest.raises(ValueError, match="no samples"):
+        M.validity_report([])
+
+
+def test_regression_metrics():
+    t = np.array([1.0, 2.0, 3.0, 4.0])
+    assert M.regression_metrics(t, t) == {"mae": 0.0, "r2": 1.0, "n": 4.0}
+    r = M.regression_metrics(t, np.full(4, t.mean()))
+    assert r["r2"] == pytest.approx(0.0) and r["mae"] == pytest.approx(1.0)
+    r = M.regression_metrics(t, np.array([1.0, np.nan, 3.0, 4.0]))
+    assert r["n"] == 3.0
+    with pytest.raises(ValueError, match="sizes differ"):
+        M.regression_metrics(t, t[:2])
+
+
+def test_descriptors_and_qed_sa():
+    from rdkit import Chem
+
+    ms = [Chem.MolFromSmiles("CCO"), None, Chem.MolFromSmiles("c1ccccc1")]
+    d = M.descriptor_table(ms, ["n_heavy", "mol_wt"])
+    assert d[0, 0] == 3 and np.isnan(d[1]).all() and d[2, 1] == pytest.approx(78.114, abs=0.01)
+    q = M.distribution_metrics(ms)
+    assert 0 < q["qed_mean"] < 1 and 1 <= q["sa_mean"] <= 10
+    with pytest.raises(ValueError, match="unknown RDKit descriptor"):
+        M.rdkit_descriptor("foo", ms[0])
+
+
+def test_draw_grid(tmp_path):
+    from rdkit import Chem
+
+    p = tmp_path / "g.png"
+    M.draw_grid([Chem.MolFromSmiles("CCO"), None], p, legends=["ethanol", "x"])
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no valid"):
+        M.draw_grid([None], tmp_path / "h.png")
+    assert not (tmp_path / "h.png").exists()

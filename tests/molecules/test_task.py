@@ -1,0 +1,129 @@
+"""Tiny end-to-end: real data -> train -> generate -> evaluate -> save -> load -> same outputs."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from shared import grid as grids
+from shared import solvers
+from shared.checkpoint import CheckpointError
+from shared.training import Trainer
+
+from molecules.task import MoleculesTask, PropertyGuidance, sample_graphs, sample_smiles
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    torch.set_num_threads(1)
+    task = MoleculesTask()
+    cfg = task.config("tiny")
+    data = task.load_data(cfg)
+    model = task.build(cfg)
+    out = tmp_path_factory.mktemp("run")
+    model = task.train(cfg, model, data, Trainer(cfg.train, out, progress=False))
+    return task, cfg, data, model, out
+
+
+def _grid(model, steps=4):
+    return grids.make("uniform", steps, process=model.process)
+
+
+def test_protocol_and_data(trained):
+    from shared.registry import DomainTask
+
+    task, cfg, data, model, out = trained
+    assert isinstance(task, DomainTask)
+    assert task.headline_metric == ("validity", "max") and task.extra == "molecules"
+    assert len(data.train) > len(data.val) > 0
+    assert abs(float(data.extra["n_atoms_prob"].sum()) - 1) < 1e-6
+    assert torch.allclose(model.n_atoms_prob, data.extra["n_atoms_prob"])
+    assert (out / "metrics.csv").exists()
+
+
+def test_loss_is_per_sample_and_finite(trained):
+    task, cfg, data, model, _ = trained
+    from torch.utils.data import default_collate
+
+    batch = default_collate([data.train[i] for i in range(6)])
+    loss = model(batch, torch.Generator().manual_seed(0))
+    assert loss.shape == (6,) and torch.isfinite(loss).all()
+
+
+def test_generate_evaluate_save_load(trained, tmp_path):
+    task, cfg, data, model, _ = trained
+    g = _grid(model)
+    s = task.generate(model, 6, solver=solvers.make("ddim"), grid=g, generator=torch.Generator().manual_seed(3))
+    assert len(s) == 6 and s.atoms.shape == (6, 9) and s.bonds.shape == (6, 9, 9)
+    assert torch.equal(s.bonds, s.bonds.transpose(1, 2))
+    m = task.evaluate(s, data)
+    for k in ("validity", "uniqueness", "novelty", "connectivity"):
+        assert 0.0 <= m[k] <= 1.0
+    task.save(model, cfg, tmp_path / "ck")
+    m2, cfg2 = task.load(tmp_path / "ck")
+    assert cfg2 == cfg
+    s2 = task.generate(m2, 6, solver=solvers.make("ddim"), grid=g, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(s.atoms, s2.atoms) and torch.equal(s.bonds, s2.bonds)
+    task.plot(s, data, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sample_does_not_depend_on_batch(trained):
+    task, cfg, data, model, _ = trained
+    g = _grid(model)
+    gens = lambda: [torch.Generator().manual_seed(100 + i) for i in range(4)]  # noqa: E731
+    a = sample_graphs(model, 4, solver=solvers.make("ddpm"), grid=g, generator=gens(), batch_size=4)
+    b = sample_graphs(model, 4, solver=solvers.make("ddpm"), grid=g, generator=gens(), batch_size=2)
+    assert torch.equal(a.atoms, b.atoms) and torch.equal(a.bonds, b.bonds)
+
+
+def test_conditional_smiles_and_guided_graphs(trained):
+    task, cfg, data, model, _ = trained
+    g = _grid(model)
+    gap = data.extra["tables"][2].props[:5, 4]
+    s = sample_smiles(model, 5, solver=solvers.make("ddim"), grid=g, targets={"gap": gap},
+                      generator=torch.Generator().manual_seed(0))
+    assert len(s.raw) == 5 and all(len(r) <= 32 for r in s.raw)
+    assert torch.allclose(s.targets[:, 4], gap.double())
+    m = task.evaluate(s, data)
+    assert "cond_mae_gap" in m and "cond_r2_gap" in m
+    sg = task.generate(model, 4, solver=solvers.make("euler"), grid=g,
+                       guidance=PropertyGuidance({"gap": 0.25}, scale=10.0),
+                       generator=torch.Generator().manual_seed(0))
+    assert sg.targets.shape == (4, 12) and math.isnan(float(sg.targets[0, 0]))
+    # guidance changes the samples relative to unguided ones with the same noise
+    su = task.generate(model, 4, solver=solvers.make("euler"), grid=g, generator=torch.Generator().manual_seed(0))
+    assert not (torch.equal(su.atoms, sg.atoms) and torch.equal(su.bonds, sg.bonds)) or sg.pred is not None
+
+
+def test_bad_inputs(trained, tmp_path):
+    task, cfg, data, model, _ = trained
+    g = _grid(model)
+    with pytest.raises(ValueError, match="n must be"):
+        task.generate(model, 0, solver=solvers.make("ddim"), grid=g)
+    with pytest.raises(ValueError, match="unknown target property 'foo'"):
+        sample_smiles(model, 2, solver=solvers.make("ddim"), grid=g, targets={"foo": 1.0})
+    with pytest.raises(ValueError, match="n=3 values"):
+        sample_smiles(model, 3, solver=solvers.make("ddim"), grid=g, targets={"gap": [0.1, 0.2]})
+    with pytest.raises(CheckpointError):
+        task.load(tmp_path / "nothing")
+    assert not (tmp_path / "nothing").exists()
+    from shared.config import ConfigError
+
+    with pytest.raises(ConfigError, match="preset"):
+        task.config("huge")
+    with pytest.raises(ConfigError, match="properties"):
+        from shared.config import apply_overrides
+
+        apply_overrides(cfg, ["data.properties=gap,foo"])
+
+
+def test_train_cli(tmp_path):
+    from molecules.train import main
+
+    out = tmp_path / "cli"
+    res = main(["--preset", "tiny", "--out", str(out), "--samples", "4", "--train.steps=2"])
+    assert (out / "final" / "model.safetensors").exists() and (out / "samples.png").exists()
+    assert json.loads((out / "eval.json").read_text())["graph"]["n_samples"] == 4.0
+    assert "smiles" in res
