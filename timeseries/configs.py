@@ -78,6 +78,7 @@ class ForecastConfig:
     solver / grid / steps: any shared solver and grid name.
     num_samples:     sample paths per series (the point forecast is their mean).
     guidance_scale:  scale of the energy guidance ('mse' / 'quantile').
+    guidance_min_alpha: energy guidance only where alpha(t) >= this (0: everywhere).
     resample:        RePaint inner repetitions.
     batch_size:      rows (series x samples) per sampling batch.
     """
@@ -88,6 +89,7 @@ class ForecastConfig:
     steps: int = 50
     num_samples: int = 16
     guidance_scale: float = 1.0
+    guidance_min_alpha: float = 0.3
     resample: int = 2
     batch_size: int = 4096
 
@@ -103,9 +105,9 @@ class TimeseriesConfig:
 def tiny() -> TimeseriesConfig:
     """Seconds on a CPU (tests): a small window and net, a few steps."""
     return TimeseriesConfig(
-        model=ModelConfig(window=96, norm_len=48, hidden=64, depth=2, time_dim=32),
-        data=DataConfig(train_on=("etth1",), lookback=72, horizon=24, stride=16, max_per_series=200,
-                        eval_stride=240),
+        model=ModelConfig(window=128, norm_len=64, hidden=64, depth=2, time_dim=32),
+        data=DataConfig(train_on=("etth1",), lookback=96, horizon=96, stride=16, max_per_series=200,
+                        eval_stride=480),
         forecast=ForecastConfig(steps=10, num_samples=4),
         train=TrainConfig(steps=30, batch_size=64, lr=1e-3, ema_decay=0.0, log_every=10, device="cpu"),
     )

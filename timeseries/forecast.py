@@ -88,7 +88,8 @@ def _normalise(ctx: np.ndarray, norm_len: int):
 def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *, num_samples: int = 16,
              method: str = "inpaint", solver="ddpm", grid="uniform", steps: int = 50,
              guidance_scale: float = 1.0, resample: int = 2, quantiles: Sequence[float] = (0.5,),
-             generator=None, batch_size: int = 4096, progress: bool = False) -> np.ndarray:
+             guidance_min_alpha: float = 0.3, generator=None, batch_size: int = 4096,
+             progress: bool = False) -> np.ndarray:
     """Sample ``num_samples`` future paths for every series.
 
     Args:
@@ -101,6 +102,8 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
         guidance_scale: energy scale for ``mse`` / ``quantile``.
         resample: RePaint repetitions per step.
         quantiles: levels of the ``quantile`` energy.
+        guidance_min_alpha: energy guidance acts only where ``alpha(t) >= guidance_min_alpha``
+            (its ``sigma^2 / alpha`` factor explodes near pure noise); 0 = everywhere.
         generator: ``torch.Generator`` or int seed.
         batch_size: rows (series x samples) per sampling call.
     Returns:
@@ -115,6 +118,7 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
     solver = solvers_mod.make(solver) if isinstance(solver, str) else solver
     g = grids.make(grid, steps, process=model.process) if isinstance(grid, str) else grid
     gen = _as_generator(generator, device)
+    interval = _alpha_interval(model.process, guidance_min_alpha)
     hist = _history_matrix(history, L, "forecast")  # [N, L]
     N, S = hist.shape[0], num_samples
     tail = np.repeat(hist, S, axis=0)  # [R, L], R = N * S rows (series-major)
@@ -139,7 +143,8 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
             m = torch.as_tensor(mask[a:b], device=device)
             x_T = prior((b - a, L), process=model.process, t=float(g[0]), space=model.space, generator=gen,
                         device=device)
-            x = _sample_one(model, x_T, g, solver, method, k, m, gen, guidance_scale, resample, quantiles)
+            x = _sample_one(model, x_T, g, solver, method, k, m, gen, guidance_scale, resample, quantiles,
+                            interval)
             gen_z[a:b] = x[:, L - h:].double().cpu().numpy()
             if bar is not None:
                 bar.update(1)
@@ -154,7 +159,17 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
     return out.reshape(N, S, horizon)
 
 
-def _sample_one(model, x_T, g, solver, method, known, mask, gen, scale, resample, quantiles):
+def _alpha_interval(process, min_alpha: float):
+    """Time interval ``(0, t*)`` with ``alpha(t*) = min_alpha`` (None: no restriction)."""
+    if min_alpha <= 0:
+        return None
+    if not 0 < min_alpha < 1:
+        raise ValueError(f"guidance_min_alpha must be in [0, 1), got {min_alpha}")
+    lam = torch.tensor([2 * np.log(min_alpha) - np.log1p(-min_alpha ** 2)], dtype=torch.float64)
+    return (0.0, float(process.t_of_log_snr(lam).clamp(0, 1)))
+
+
+def _sample_one(model, x_T, g, solver, method, known, mask, gen, scale, resample, quantiles, interval):
     den = model.denoise
     if method == "inpaint":
         return sample(den, x_T, g, solver, process=model.process, space=model.space,
@@ -164,5 +179,5 @@ def _sample_one(model, x_T, g, solver, method, known, mask, gen, scale, resample
         return sample(den, x_T, g, rp, process=model.process, space=model.space, generator=gen)
     e = guidance.observation_mse(known, mask) if method == "mse" else \
         guidance.observation_quantile(known, mask, list(quantiles))
-    gd = guidance.energy(den, e, scale, process=model.process, space=model.space)
+    gd = guidance.energy(den, e, scale, interval=interval, process=model.process, space=model.space)
     return sample(gd, x_T, g, solver, process=model.process, space=model.space, generator=gen)

@@ -77,6 +77,7 @@ class GPDPredictor(Predictor):
                 raise DataError(f"entry {e.get('item_id', '?')}: target has shape {y.shape}; expected [T] or [C, T]")
         s = forecast(self.model, rows, self.prediction_length, num_samples=num_samples, method=fc.method,
                      solver=fc.solver, grid=fc.grid, steps=fc.steps, guidance_scale=fc.guidance_scale,
+                     guidance_min_alpha=fc.guidance_min_alpha,
                      resample=fc.resample, generator=gen, batch_size=fc.batch_size, progress=self.progress)
         out, k = [], 0
         for e, c in zip(entries, shapes):

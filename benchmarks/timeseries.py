@@ -1,0 +1,263 @@
+"""Benchmark: GPD zero-shot forecasting vs gluonts baselines, in one process, on the same splits.
+
+    python benchmarks/timeseries.py [--quick] --json PATH [--threads N] [--device auto]
+
+ETTh1 (LTSF protocol: z-scored with training statistics, lookback 336, H = 96, 7 channels
+independent, rolling test windows; every ``--stride``-th window, the same windows for every
+method):
+
+* ours in-domain   GPD pre-trained on the ETTh1 training split, history as the prompt
+* ours zero-shot   GPD pre-trained on M4-hourly + ILI only (never saw ETT)
+* repeat-last, gluonts SeasonalNaivePredictor (24), gluonts DLinearEstimator (trained in-domain)
+
+M4 hourly (official train / test, H = 48; gluonts ``Evaluator``: ``mean_wQuantileLoss`` as CRPS,
+MASE): ours (the M4+ILI model), gluonts SeasonalNaivePredictor, gluonts DeepAREstimator.
+
+Writes JSON with ``etth1_mse_h96``, ``etth1_mae_h96``, ``etth1_zeroshot_mse_h96``,
+``dlinear_mse_h96``, ``m4h_crps``, ``m4h_mase``, ``m4h_crps_seasonal_naive``, ``m4h_crps_deepar``
+plus timings and the settings used, and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from shared.config import apply_overrides  # noqa: E402
+from shared.training import Trainer  # noqa: E402
+from timeseries import configs  # noqa: E402
+from timeseries.data import (WindowDataset, load_ltsf, load_m4_hourly, ltsf_windows,  # noqa: E402
+                             pretraining_series)
+from timeseries.forecast import forecast  # noqa: E402
+from timeseries.metrics import forecast_metrics, mae, mse  # noqa: E402
+from timeseries.model import GPDModel  # noqa: E402
+from timeseries.predictor import GPDPredictor  # noqa: E402
+
+GOALS = {"dlinear_reference_mse": 0.366, "deepar_reference_crps": 0.0311, "seasonal_naive_reference_mase": 1.19}
+
+
+def settings(quick: bool, device: str) -> dict:
+    """All knobs of a run (recorded in the JSON)."""
+    if quick:
+        return dict(stride=240, gpd_steps=300, gpd_batch=128, hidden=256, depth=3, fc_steps=20, samples=8,
+                    m4_series=60, m4_samples=16, dlinear_epochs=2, deepar_epochs=1, batches_per_epoch=25,
+                    device=device)
+    return dict(stride=8, gpd_steps=3000, gpd_batch=256, hidden=512, depth=4, fc_steps=50, samples=16,
+                m4_series=414, m4_samples=100, dlinear_epochs=20, deepar_epochs=30, batches_per_epoch=50,
+                device=device)
+
+
+def gpd_config(s: dict, train_on: tuple[str, ...]):
+    cfg = configs.default()
+    return apply_overrides(cfg, {
+        "model.hidden": s["hidden"], "model.depth": s["depth"], "data.train_on": list(train_on),
+        "train.steps": s["gpd_steps"], "train.batch_size": s["gpd_batch"], "train.device": s["device"],
+        "forecast.steps": s["fc_steps"], "forecast.num_samples": s["samples"],
+        "data.max_per_series": 2000,
+    })
+
+
+def train_gpd(cfg, log):
+    t0 = time.perf_counter()
+    ds = WindowDataset(pretraining_series(cfg.data.train_on, lookback=cfg.data.lookback), window=cfg.model.window,
+                       norm_len=cfg.model.norm_len, stride=cfg.data.stride, max_per_series=cfg.data.max_per_series)
+    model = GPDModel(cfg.model)
+    tr = Trainer(cfg.train, None, progress=False)
+    tr.fit(model, lambda m, b, g: m(b, g), ds.tensor())
+    secs = time.perf_counter() - t0
+    log(f"  GPD on {'+'.join(cfg.data.train_on)}: {len(ds)} windows, {cfg.train.steps} steps, "
+        f"final loss {tr.history[-1]['loss_avg']:.4f}, {secs:.1f}s")
+    return tr.sampling_model.eval(), secs
+
+
+def gpd_forecast(model, cfg, hist, H, seed=0):
+    fc = cfg.forecast
+    t0 = time.perf_counter()
+    s = forecast(model, hist, H, num_samples=fc.num_samples, method=fc.method, solver=fc.solver, grid=fc.grid,
+                 steps=fc.steps, guidance_scale=fc.guidance_scale, resample=fc.resample,
+                 guidance_min_alpha=fc.guidance_min_alpha, generator=seed, batch_size=fc.batch_size)
+    return s, time.perf_counter() - t0
+
+
+def _entries(hist: np.ndarray, freq: str = "h"):
+    import pandas as pd
+    from gluonts.dataset.common import ListDataset
+
+    start = pd.Period("2016-07-01 00:00", freq=freq)
+    return ListDataset([{"start": start, "target": h.astype(np.float32), "item_id": str(i)}
+                        for i, h in enumerate(hist)], freq=freq)
+
+
+def _trainer_kwargs(epochs: int, device: str):
+    acc = "gpu" if device != "cpu" and torch.cuda.is_available() else "cpu"
+    return {"max_epochs": epochs, "enable_progress_bar": False, "enable_model_summary": False,
+            "logger": False, "enable_checkpointing": False, "accelerator": acc, "devices": 1}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small run, under 2 minutes on 2 CPU cores")
+    p.add_argument("--json", required=True, help="output JSON path")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--stride", type=int, default=None, help="ETTh1 test-window stride (1 = every window)")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    warnings.filterwarnings("ignore")
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "gluonts"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    device = "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
+    s = settings(a.quick, device)
+    if a.stride:
+        s["stride"] = a.stride
+    t_start = time.perf_counter()
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    res: dict = {"settings": s, "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor()
+                 or "cpu", "torch_threads": torch.get_num_threads()}
+    torch.manual_seed(0)
+
+    # ---------------- ETTh1, LTSF protocol
+    H, L = 96, 336
+    ett = load_ltsf("etth1", lookback=L)
+    x, y = ltsf_windows(ett, "test", horizon=H, stride=s["stride"])
+    hist, fut = x.reshape(-1, L), y.reshape(-1, H)
+    log(f"ETTh1 test: {x.shape[0]} windows (stride {s['stride']}) x 7 channels = {hist.shape[0]} series")
+    res["etth1_windows"] = int(x.shape[0])
+    rows = []
+
+    rl = np.repeat(hist[:, -1:], H, 1)
+    res["repeat_last_mse_h96"], res["repeat_last_mae_h96"] = mse(rl, fut), mae(rl, fut)
+    rows.append(("repeat last value", res["repeat_last_mse_h96"], res["repeat_last_mae_h96"], None, None, None, None))
+
+    from gluonts.model.seasonal_naive import SeasonalNaivePredictor
+
+    sn = SeasonalNaivePredictor(prediction_length=H, season_length=24)
+    snf = np.stack([f.samples[0] for f in sn.predict(_entries(hist))])
+    res["seasonal_naive_mse_h96"], res["seasonal_naive_mae_h96"] = mse(snf, fut), mae(snf, fut)
+    rows.append(("gluonts SeasonalNaive(24)", res["seasonal_naive_mse_h96"], res["seasonal_naive_mae_h96"],
+                 None, None, None, None))
+
+    from gluonts.torch.model.d_linear import DLinearEstimator
+
+    t0 = time.perf_counter()
+    dl = DLinearEstimator(prediction_length=H, context_length=L, batch_size=64,
+                          num_batches_per_epoch=s["batches_per_epoch"] * 2,
+                          trainer_kwargs=_trainer_kwargs(s["dlinear_epochs"], device))
+    dlp = dl.train(ett.gluonts("train"))
+    t_dl_train = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dlf = np.stack([f.mean for f in dlp.predict(_entries(hist), num_samples=100)])
+    t_dl_fc = time.perf_counter() - t0
+    res["dlinear_mse_h96"], res["dlinear_mae_h96"] = mse(dlf, fut), mae(dlf, fut)
+    res["dlinear_train_seconds"] = t_dl_train
+    rows.append(("gluonts DLinear (in-domain)", res["dlinear_mse_h96"], res["dlinear_mae_h96"], None, None,
+                 t_dl_train, t_dl_fc))
+    log(f"  DLinear: MSE {res['dlinear_mse_h96']:.4f} ({t_dl_train:.0f}s train)")
+
+    cfg_in = gpd_config(s, ("etth1",))
+    m_in, t_in = train_gpd(cfg_in, log)
+    smp, t_fc = gpd_forecast(m_in, cfg_in, hist, H)
+    m = forecast_metrics(smp, fut)
+    res["etth1_mse_h96"], res["etth1_mae_h96"] = m["mse"], m["mae"]
+    res["etth1_crps_h96"], res["etth1_coverage90_h96"] = m["crps"], m["coverage90"]
+    res["gpd_train_seconds"], res["gpd_forecast_seconds"] = t_in, t_fc
+    n_rows = hist.shape[0]
+    res["gpd_forecast_seconds_per_1000_windows"] = t_fc / n_rows * 1000
+    rows.append((f"ours GPD in-domain ({cfg_in.forecast.method}, {cfg_in.forecast.solver} "
+                 f"{cfg_in.forecast.steps} steps, {cfg_in.forecast.num_samples} samples)",
+                 m["mse"], m["mae"], None, None, t_in, t_fc))
+    log(f"  ours in-domain: MSE {m['mse']:.4f} MAE {m['mae']:.4f} ({t_fc:.0f}s forecast)")
+
+    cfg_zs = gpd_config(s, ("m4_hourly", "ili"))
+    m_zs, t_zs = train_gpd(cfg_zs, log)
+    smp_zs, t_fc_zs = gpd_forecast(m_zs, cfg_zs, hist, H)
+    mz = forecast_metrics(smp_zs, fut)
+    res["etth1_zeroshot_mse_h96"], res["etth1_zeroshot_mae_h96"] = mz["mse"], mz["mae"]
+    res["gpd_zeroshot_train_seconds"] = t_zs
+
+    # ---------------- M4 hourly
+    from gluonts.evaluation import Evaluator, make_evaluation_predictions
+
+    m4_train, m4_test, H4 = load_m4_hourly()
+    if s["m4_series"] < len(m4_test):
+        from gluonts.dataset.common import ListDataset
+
+        m4_test = ListDataset(list(m4_test)[: s["m4_series"]], freq="h")
+    res["m4h_series"] = len(m4_test)
+    ev = Evaluator(quantiles=[round(0.1 * i, 1) for i in range(1, 10)], num_workers=0)
+
+    def m4_eval(predictor, n):
+        t0 = time.perf_counter()
+        fi, ti = make_evaluation_predictions(m4_test, predictor=predictor, num_samples=n)
+        agg, _ = ev(ti, fi, num_series=len(m4_test))
+        return agg, time.perf_counter() - t0
+
+    gp = GPDPredictor(m_zs, H4, forecast=cfg_zs.forecast, seed=0)
+    agg, t_m4 = m4_eval(gp, s["m4_samples"])
+    res["m4h_crps"], res["m4h_mase"], res["m4h_forecast_seconds"] = agg["mean_wQuantileLoss"], agg["MASE"], t_m4
+    rows.append(("ours GPD zero-shot (M4+ILI pre-training)", mz["mse"], mz["mae"], agg["mean_wQuantileLoss"],
+                 agg["MASE"], t_zs, t_fc_zs))
+    log(f"  ours zero-shot: ETTh1 MSE {mz['mse']:.4f}; M4h CRPS {agg['mean_wQuantileLoss']:.4f} MASE {agg['MASE']:.3f}")
+
+    agg, _ = m4_eval(SeasonalNaivePredictor(prediction_length=H4, season_length=24), 1)
+    res["m4h_crps_seasonal_naive"], res["m4h_mase_seasonal_naive"] = agg["mean_wQuantileLoss"], agg["MASE"]
+    rows.append(("gluonts SeasonalNaive(24), M4h", None, None, agg["mean_wQuantileLoss"], agg["MASE"], None, None))
+
+    from gluonts.torch.model.deepar import DeepAREstimator
+
+    t0 = time.perf_counter()
+    da = DeepAREstimator(prediction_length=H4, freq="h", num_batches_per_epoch=s["batches_per_epoch"],
+                         trainer_kwargs=_trainer_kwargs(s["deepar_epochs"], device))
+    dap = da.train(m4_train)
+    t_da = time.perf_counter() - t0
+    agg, t_da_fc = m4_eval(dap, 100)
+    res["m4h_crps_deepar"], res["m4h_mase_deepar"], res["deepar_train_seconds"] = \
+        agg["mean_wQuantileLoss"], agg["MASE"], t_da
+    rows.append(("gluonts DeepAR, M4h", None, None, agg["mean_wQuantileLoss"], agg["MASE"], t_da, t_da_fc))
+
+    res["goals"] = {
+        "in_domain_below_dlinear": res["etth1_mse_h96"] < res["dlinear_mse_h96"],
+        "zeroshot_within_10pct_of_dlinear": res["etth1_zeroshot_mse_h96"] <= 1.1 * res["dlinear_mse_h96"],
+        "m4h_crps_at_or_below_deepar": res["m4h_crps"] <= res["m4h_crps_deepar"],
+        "m4h_mase_at_or_below_seasonal_naive": res["m4h_mase"] <= res["m4h_mase_seasonal_naive"],
+        **GOALS,
+    }
+    res["wall_seconds"] = time.perf_counter() - t_start
+
+    def f(v, d=4):
+        return "" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
+
+    print(f"\n| method | ETTh1 MSE H96 | ETTh1 MAE H96 | M4h CRPS | M4h MASE | train s | forecast s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {f(r[1])} | {f(r[2])} | {f(r[3])} | {f(r[4], 3)} | {f(r[5], 0)} | {f(r[6], 0)} |")
+    print(f"\nETTh1: {res['etth1_windows']} test windows x 7 channels (stride {s['stride']}); "
+          f"M4h: {res['m4h_series']} series. GPD forecast time per 1000 series-windows: "
+          f"{res['gpd_forecast_seconds_per_1000_windows']:.1f}s ({cfg_in.forecast.num_samples} samples, "
+          f"{cfg_in.forecast.steps} steps) on {device}. Total wall {res['wall_seconds']:.0f}s.")
+    print("goals:", json.dumps(res["goals"]))
+    out = Path(a.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(res, indent=1, default=float) + "\n")
+    os.replace(tmp, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""Model, forecasting through shared guidance, the task, on tiny configs."""
+
+import numpy as np
+import pytest
+import torch
+
+from shared import grid as grids
+from shared import solvers
+from shared.config import apply_overrides
+from shared.training import Trainer
+from timeseries import configs
+from timeseries.backbones import MLPDiffusionNet
+from timeseries.data import DataError, WindowDataset
+from timeseries.forecast import chunk_lengths, forecast
+from timeseries.model import GPDModel, load_model, save_model
+from timeseries.task import TimeseriesTask
+
+torch.set_num_threads(1)
+
+
+def test_backbone_layouts():
+    net = MLPDiffusionNet(length=16, hidden=8, depth=1, time_dim=8)
+    t = torch.rand(3)
+    a = net(torch.randn(3, 16), t)
+    b = net(torch.randn(3, 1, 16), t)
+    assert a.shape == (3, 16) and b.shape == (3, 1, 16)
+    with pytest.raises(ValueError, match=r"\[B, 16\]"):
+        net(torch.randn(3, 15), t)
+
+
+def test_chunks():
+    assert chunk_lengths(96, 216) == [96]
+    assert chunk_lengths(720, 216) == [216, 216, 216, 72]
+    with pytest.raises(ValueError):
+        chunk_lengths(0, 8)
+
+
+@pytest.fixture(scope="module")
+def sine_model():
+    """A small model trained on noiseless sines of period 16 with random phase and scale."""
+    rng = np.random.default_rng(0)
+    series = [a * np.sin(2 * np.pi * (np.arange(400) + p) / 16) + c
+              for a, p, c in zip(rng.uniform(0.5, 3, 40), rng.uniform(0, 16, 40), rng.uniform(-5, 5, 40))]
+    cfg = configs.ModelConfig(window=64, norm_len=32, hidden=128, depth=2, time_dim=32)
+    ds = WindowDataset(series, window=64, norm_len=32, stride=3)
+    model = GPDModel(cfg)
+    tc = configs.TrainConfig(steps=400, batch_size=128, lr=2e-3, ema_decay=0.0, device="cpu", log_every=100)
+    Trainer(tc, None, progress=False).fit(model, lambda m, b, g: m(b, g), ds.tensor())
+    return model.eval()
+
+
+@pytest.mark.parametrize("method", ["inpaint", "repaint", "mse"])
+def test_sine_forecast_beats_repeat_last(sine_model, method):
+    rng = np.random.default_rng(1)
+    t = np.arange(80)
+    hist, fut = [], []
+    for a, p, c in zip(rng.uniform(0.5, 3, 8), rng.uniform(0, 16, 8), rng.uniform(-5, 5, 8)):
+        y = a * np.sin(2 * np.pi * (t + p) / 16) + c
+        hist.append(y[:56])
+        fut.append(y[56:])
+    hist, fut = np.array(hist), np.array(fut)
+    s = forecast(sine_model, hist, 24, num_samples=8, method=method, solver="ddpm", steps=20,
+                 guidance_scale=0.5, generator=0)  # 24 > window - norm_len: two chunks
+    assert s.shape == (8, 8, 24) and np.isfinite(s).all()
+    med = np.median(s, 1)
+    err = np.mean((med - fut) ** 2)
+    naive = np.mean((hist[:, -1:] - fut) ** 2)
+    assert err < 0.5 * naive, (method, err, naive)
+
+
+def test_forecast_is_seeded_and_handles_missing_history(sine_model):
+    h = np.sin(np.arange(40) / 3.0)
+    h[5] = np.nan
+    a = forecast(sine_model, [h, h[:10]], 8, num_samples=3, steps=5, generator=3)
+    b = forecast(sine_model, [h, h[:10]], 8, num_samples=3, steps=5, generator=3)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(DataError, match="observed values"):
+        forecast(sine_model, [np.array([1.0])], 8, steps=5)
+    with pytest.raises(ValueError, match="unknown forecast method"):
+        forecast(sine_model, [h], 8, method="magic")
+
+
+def test_any_solver_and_grid(sine_model):
+    h = np.sin(np.arange(40) / 3.0)
+    for name, grid in (("dpmpp_2m", "log_snr"), ("heun", "karras"), ("euler", "uniform")):
+        g = grids.make(grid, 6, process=sine_model.process)
+        s = forecast(sine_model, [h], 12, num_samples=2, solver=solvers.make(name), grid=g, generator=0)
+        assert np.isfinite(s).all()
+
+
+def test_model_save_load_roundtrip(tmp_path, sine_model):
+    save_model(sine_model, tmp_path / "m")
+    m2, _ = load_model(tmp_path / "m")
+    h = np.cos(np.arange(50) / 4.0)
+    np.testing.assert_array_equal(forecast(sine_model, [h], 8, num_samples=2, steps=4, generator=1),
+                                  forecast(m2, [h], 8, num_samples=2, steps=4, generator=1))
+
+
+def test_task_end_to_end(tmp_path):
+    task = TimeseriesTask()
+    cfg = apply_overrides(task.config("tiny"), ["train.steps=5"])
+    data = task.load_data(cfg)
+    model = task.build(cfg)
+    trainer = Trainer(cfg.train, tmp_path / "run", config_to_save=cfg, progress=False)
+    model = task.train(cfg, model, data, trainer)
+    g = grids.make("uniform", 4, process=model.process)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    s = task.generate(model, 2, solver=solvers.make("ddim"), grid=g, generator=gen(), data=data)
+    assert s["samples"].shape == (2, 7, cfg.forecast.num_samples, 96)
+    m = task.evaluate(s, data)
+    assert task.headline_metric[0] in m and np.isfinite(m["etth1_mse_h96"])
+    task.save(model, cfg, tmp_path / "model")
+    m2, cfg2 = task.load(tmp_path / "model")
+    assert cfg2 == cfg
+    s2 = task.generate(m2, 2, solver=solvers.make("ddim"), grid=g, generator=gen(), data=data)
+    torch.testing.assert_close(s["samples"], s2["samples"], rtol=0, atol=0)
+    task.plot(s, data, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="unknown guidance keys"):
+        task.generate(model, 1, solver=solvers.make("ddim"), grid=g, guidance={"sclae": 1}, data=data)
