@@ -36,7 +36,7 @@ setup() {
     echo "[setup] creating virtualenv $VENV ($("$PY" --version 2>&1))"
     "$PY" -m venv "$VENV"
   fi
-  local pip=("$VENV/bin/python" -m pip install --disable-pip-version-check)
+  local pip=("$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off -q)
   if has_gpu; then
     echo "[setup] NVIDIA GPU found: installing with the default (CUDA) torch build"
   else

@@ -473,7 +473,8 @@ def solver_ranking(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, float, 
 
     Per domain, the seed-mean headline of every (solver, grid, nfe) setting is min-max scaled to
     [0, 1] with 1 = best (direction respected); a solver's domain score is the mean over its
-    grids x NFEs; its overall score is the mean over domains. Returns
+    grids x NFEs (0.5 when all settings of a domain tie); its overall score is the mean over
+    domains. Returns
     ``[(solver, overall, {domain: score})]`` best first."""
     table = _headline_table(rows)
     dirs = _directions(rows)
@@ -484,7 +485,10 @@ def solver_ranking(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, float, 
         sign_max = dirs[dom][1] == "max"
         by_solver: dict[str, list[float]] = defaultdict(list)
         for (solver, _, _), m in means.items():
-            s = 1.0 if hi == lo else (m - lo) / (hi - lo)
+            if hi == lo:  # every setting ties: neutral score
+                by_solver[solver].append(0.5)
+                continue
+            s = (m - lo) / (hi - lo)
             by_solver[solver].append(s if sign_max else 1.0 - s)
         for solver, ss in by_solver.items():
             per[solver][dom] = sum(ss) / len(ss)
@@ -595,6 +599,7 @@ def _plot_domain(dom: str, cells: Mapping[tuple, list[float]], metric: str, dire
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker  # noqa: F401
     except Exception:  # pragma: no cover - matplotlib missing
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -610,6 +615,10 @@ def _plot_domain(dom: str, cells: Mapping[tuple, list[float]], metric: str, dire
             label = s if len(grids_) == 1 else f"{s} / {g}"
             ax.errorbar(x, m, yerr=sd, marker="o", ms=3, capsize=2, ls=styles[gi % len(styles)], label=label)
     ax.set_xscale("log")
+    nfes = sorted({k[2] for k in cells})
+    ax.set_xticks(nfes)
+    ax.set_xticklabels([str(n) for n in nfes])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("NFE")
     ax.set_ylabel(f"{metric} ({'lower' if direction == 'min' else 'higher'} is better)")
     ax.set_title(dom)
