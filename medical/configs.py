@@ -63,13 +63,16 @@ class ModelConfig:
 @dataclass(frozen=True)
 class LossConfig:
     """Set loss weights (DETR / DiffusionDet): focal classification, L1 and GIoU on boxes;
-    the same weights build the Hungarian matching cost."""
+    the same weights build the Hungarian matching cost. ``match_k > 1``: one-to-many matching
+    (each ground-truth box takes up to k proposals; duplicates are removed by NMS at inference),
+    more positives per image than one-to-one, like DiffusionDet's dynamic-k assignment."""
 
     w_cls: float = 2.0
     w_l1: float = 5.0
     w_giou: float = 2.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    match_k: int = 1
 
 
 @dataclass(frozen=True)

@@ -70,8 +70,9 @@ def _norm(boxes: Tensor, size: Sequence[int]) -> Tensor:
 @torch.no_grad()
 def hungarian_match(boxes: Tensor, logits: Sequence[Tensor], gt_boxes: Tensor, gt_labels: Tensor,
                     size: Sequence[int], loss_cfg) -> tuple[np.ndarray, np.ndarray]:
-    """One-to-one matching (scipy ``linear_sum_assignment``) of ``N`` predictions to ``M``
-    ground-truth boxes with the DETR cost: focal class cost summed over the levels whose label
+    """Matching (scipy ``linear_sum_assignment``) of ``N`` predictions to ``M`` ground-truth
+    boxes, one-to-one, or one-to-many with ``loss_cfg.match_k`` proposals per box (the cost
+    columns tiled ``k`` times), with the DETR cost: focal class cost summed over the levels whose label
     is known, ``w_l1 * L1`` on normalised xyxy, ``-w_giou * GIoU``.
 
     boxes ``[N, 4]``; logits: per level ``[N, K]``; gt_boxes ``[M, 4]``; gt_labels ``[M, 3]``
@@ -98,8 +99,11 @@ def hungarian_match(boxes: Tensor, logits: Sequence[Tensor], gt_boxes: Tensor, g
     cost += loss_cfg.w_l1 * torch.cdist(pb, gb, p=1)
     cost -= loss_cfg.w_giou * torch.as_tensor(box_giou(pb, gb), dtype=torch.float32)
     cost = torch.nan_to_num(cost, nan=1e6, posinf=1e6, neginf=-1e6)
+    k = max(1, min(int(getattr(loss_cfg, "match_k", 1)), boxes.shape[0] // M))
+    if k > 1:  # one-to-many: each ground-truth box may take up to k proposals (tiled columns)
+        cost = cost.repeat(1, k)
     r, c = linear_sum_assignment(cost.cpu().numpy())
-    return r.astype(np.int64), c.astype(np.int64)
+    return r.astype(np.int64), (c % M).astype(np.int64)
 
 
 def set_loss(stages: Sequence[tuple[Tensor, Sequence[Tensor]]], gt_boxes: Sequence[Tensor],

@@ -322,7 +322,8 @@ class MedicalTask:
 
     def plot(self, samples: Sequence[dict], data: Splits, path, *, min_score: float = 0.2) -> None:
         """One PNG: the first sample's X-ray with ground truth (green) and predicted boxes
-        (red, labelled ``FDI-diagnosis score``)."""
+        (red, labelled ``FDI-diagnosis score``): those scoring at least ``min_score`` and at
+        least the top ``max(#ground truth, 5)``."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -340,8 +341,9 @@ class MedicalTask:
         for b in item["boxes"].tolist():
             ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec="lime", lw=1))
         short = {0: "C", 1: "DC", 2: "PL", 3: "Imp"}
-        for b, lab, p in zip(s["boxes"].tolist(), s["labels"].tolist(), s["scores"].tolist()):
-            if p < min_score:
+        top = max(len(item["boxes"]), 5)  # at least the top-k boxes, however weak the model
+        for r, (b, lab, p) in enumerate(zip(s["boxes"].tolist(), s["labels"].tolist(), s["scores"].tolist())):
+            if p < min_score and r >= top:
                 continue
             ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec="red", lw=1))
             ax.text(b[0], b[1] - 1, f"{lab[0] + 1}{lab[1] + 1}-{short[lab[2]]} {p:.2f}", color="red", fontsize=6)
