@@ -253,7 +253,7 @@ def _coerce(value: Any, tp: Any, key: str, *, from_string: bool) -> Any:
         if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
             if len(args) != len(value):
                 raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}: {value!r}")
-            items = [_coerce(v, a, f"{key}[{i}]", from_string=from_string) for i, (v, a) in enumerate(zip(args, value))]
+            items = [_coerce(v, a, f"{key}[{i}]", from_string=from_string) for i, (v, a) in enumerate(zip(value, args))]
         else:
             elem = args[0] if args else Any
             items = [_coerce(v, elem, f"{key}[{i}]", from_string=from_string) for i, v in enumerate(value)]

@@ -28,6 +28,7 @@ class Model:
     dims: tuple[int, ...] = (1, 2)
     act: Literal["silu", "gelu"] = "silu"
     dropout: Optional[float] = None
+    size: tuple[int, int] = (32, 16)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,13 @@ def test_overrides_parse_against_annotations():
     assert apply_overrides(c, ["train.ema_warmup=true"]).train.ema_warmup is True
     assert apply_overrides(c, ["model.dropout=none"]).model.dropout is None
     assert apply_overrides(c, {"train.lr": 1}).train.lr == 1.0
+    # fixed-length tuples: each item parsed against its own type, the length checked
+    assert apply_overrides(c, ["model.size=64,8"]).model.size == (64, 8)
+    assert from_dict(Cfg, to_dict(apply_overrides(c, ["model.size=[4, 2]"]))).model.size == (4, 2)
+    with pytest.raises(ConfigError, match="model.size"):
+        apply_overrides(c, ["model.size=1,2,3"])
+    with pytest.raises(ConfigError, match=r"model.size\[1\]"):
+        apply_overrides(c, ["model.size=1,x"])
 
 
 @pytest.mark.parametrize("item, key", [
