@@ -86,7 +86,7 @@ class _GraphLayer(nn.Module):
 class _GraphTrunk(nn.Module):
     def __init__(self, n_atom_types, n_bond_types, hidden, edge_hidden, layers, heads, cond_dim):
         super().__init__()
-        self.in_h = nn.Linear(n_atom_types + 1, hidden)
+        self.in_h = nn.Linear(n_atom_types + 1 + n_bond_types, hidden)
         self.in_e = nn.Linear(n_bond_types, edge_hidden)
         self.layers = nn.ModuleList(_GraphLayer(hidden, edge_hidden, heads, cond_dim) for _ in range(layers))
 
@@ -94,7 +94,9 @@ class _GraphTrunk(nn.Module):
         nm = node_mask.bool()
         N = X.shape[1]
         pair = nm[:, :, None] & nm[:, None, :] & ~torch.eye(N, dtype=torch.bool, device=X.device)
-        h = self.in_h(torch.cat([X, nm[..., None].to(X.dtype)], dim=-1)) * nm[..., None]
+        # soft degree per bond class from the (noisy) relaxed one-hots: sum_j (E_ijc + 1) / 2
+        deg = (((E + 1) * 0.5).clamp(0, 1) * pair[..., None]).sum(2) / N  # [B, N, C]
+        h = self.in_h(torch.cat([X, nm[..., None].to(X.dtype), deg], dim=-1)) * nm[..., None]
         e = self.in_e(E) * pair[..., None]
         for layer in self.layers:
             h, e = layer(h, e, nm, pair, c)

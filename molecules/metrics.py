@@ -4,7 +4,9 @@
   molecule is represented by its largest fragment (the usual QM9 convention).
 * **uniqueness** — distinct canonical SMILES among the valid ones / number valid.
 * **novelty** — unique valid SMILES not in the reference (training) set / number unique.
-* **connectivity** — fraction of valid molecules that are one fragment.
+* **connectivity** — fraction of valid molecules that are one fragment; **valid_connected** —
+  fraction of all samples that are valid *and* one fragment (the strict figure: a model that
+  emits disconnected atoms scores high validity by the largest-fragment rule, not here).
 * **QED / SA** — mean and std over valid molecules (SA: Ertl & Schuffenhauer, RDKit Contrib).
 * **property fidelity** — MAE and R² between targets and predictions (forward model, or exact
   RDKit descriptors for :data:`~molecules.configs.RDKIT_DESCRIPTORS`).
@@ -12,7 +14,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -73,6 +74,7 @@ def validity_report(samples: Sequence, reference: Iterable[str] | None = None,
     uniq = set(valid)
     out = {"validity": nv / n, "uniqueness": len(uniq) / nv if nv else 0.0,
            "connectivity": connected / nv if nv else 0.0, "valid_unique": len(uniq) / n,
+           "valid_connected": connected / n,
            "n_samples": float(n)}
     if reference is not None:
         ref = reference if isinstance(reference, (set, frozenset)) else set(reference)
@@ -167,7 +169,3 @@ def draw_grid(mols: Sequence, path, *, legends: Sequence[str] | None = None, per
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     img.save(str(path))
-
-
-def _finite(x: float) -> bool:
-    return isinstance(x, float) and math.isfinite(x)
