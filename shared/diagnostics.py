@@ -61,9 +61,10 @@ def jacobian_asymmetry(field: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: 
 
 def loop_integral(field: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor, *,
                   radius: float = 0.1, n_points: int = 64, generator=None) -> Tensor:
-    """Normalised circulation ``oint f . dl / oint |f . dl|`` per sample ``[B]`` around a circle
-    of ``radius`` in a random 2-plane through ``x`` (trapezoid rule on ``n_points``). Near 0
-    for a gradient field, near +-1 for a purely rotational field in that plane."""
+    """Normalised circulation per sample ``[B]`` around a circle of ``radius`` in a random 2-plane
+    through ``x``: ``oint f . dl / oint |(f - f(x)) . dl|`` (trapezoid rule on ``n_points``).
+    Subtracting the field at the centre removes the part that integrates to zero anyway, so the
+    ratio is 0 for a gradient field and +-1 for a rigid rotation in that plane."""
     B = x.shape[0]
     flat = x.reshape(B, -1)
     u = randn(flat.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -75,14 +76,14 @@ def loop_integral(field: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tenso
     absc = torch.zeros(B, dtype=torch.float64, device=x.device)
     dtheta = 2 * math.pi / n_points
     with torch.no_grad():
+        f0 = field(x, t).reshape(B, -1)
         for k in range(n_points):
             th = k * dtheta
             p = flat + radius * (math.cos(th) * u + math.sin(th) * w)
             tangent = radius * (-math.sin(th) * u + math.cos(th) * w)
             f = field(p.reshape(x.shape), t).reshape(B, -1)
-            c = (f * tangent).sum(1).to(torch.float64) * dtheta
-            circ += c
-            absc += c.abs()
+            circ += (f * tangent).sum(1).to(torch.float64) * dtheta
+            absc += ((f - f0) * tangent).sum(1).abs().to(torch.float64) * dtheta
     return circ / absc.clamp_min(1e-30)
 
 

@@ -162,7 +162,7 @@ def experts_by_interval(experts: Sequence[tuple[float, float, Callable]]) -> Cal
     experts = list(experts)
 
     def f(x: Tensor, t: Tensor) -> Tensor:
-        out = None
+        parts = []
         done = torch.zeros_like(t, dtype=torch.bool)
         for lo, hi, fn in experts:
             sel = (t >= lo) & (t <= hi) & ~done
@@ -170,13 +170,16 @@ def experts_by_interval(experts: Sequence[tuple[float, float, Callable]]) -> Cal
                 continue
             if sel.all():
                 return fn(x, t)
-            y = fn(x[sel], t[sel])
-            if out is None:
-                out = torch.zeros((x.shape[0],) + y.shape[1:], dtype=y.dtype, device=y.device)
-            out = out.index_put((sel.nonzero().squeeze(1),), y)
+            parts.append((sel, fn(x[sel], t[sel])))
             done |= sel
         if not done.all():
             raise ValueError(f"no expert covers t = {t[~done][:3].tolist()}")
+        dtype = parts[0][1].dtype
+        for _, y in parts[1:]:
+            dtype = torch.promote_types(dtype, y.dtype)
+        out = torch.zeros((x.shape[0],) + parts[0][1].shape[1:], dtype=dtype, device=x.device)
+        for sel, y in parts:
+            out[sel] = y.to(dtype)
         return out
 
     return f

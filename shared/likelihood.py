@@ -122,8 +122,8 @@ def vlb_bits_per_dim(denoise: Callable[[Tensor, Tensor], Tensor], x0: Tensor, pr
                      generator=None, n_terms: int | None = None, bins: int = 256) -> Tensor:
     """DDPM variational bound in bits/dim (Ho et al. 2020, eq. 5) for 8-bit data in [-1, 1],
     per sample ``[B]``: ``L_T + sum_t L_{t-1} + L_0`` with the posterior variance as reverse
-    variance and a discretized Gaussian decoder of std ``sqrt(beta_1)``. ``n_terms`` evaluates a
-    random subset of the middle terms (unbiased, scaled); ``None`` sums all ``N - 1``."""
+    variance and a discretized Gaussian decoder of std ``sqrt(beta_1)``. ``n_terms`` evaluates
+    ``n_terms`` random middle terms per sample (unbiased, scaled); ``None`` sums all ``N - 1``."""
     if not isinstance(process, DiscreteVP):
         raise TypeError("vlb_bits_per_dim needs a DiscreteVP process")
     x0 = x0.to(torch.float64)
@@ -134,23 +134,28 @@ def vlb_bits_per_dim(denoise: Callable[[Tensor, Tensor], Tensor], x0: Tensor, pr
     # prior term L_T
     aT = ac[-1]
     L_T = 0.5 * flat(aT * x0**2 + (1 - aT) - 1 - torch.log(1 - aT))
-    idx = torch.arange(1, N, device=x0.device)
-    if n_terms is not None and n_terms < N - 1:
+    if n_terms is None or n_terms >= N - 1:
+        rounds = [torch.full((B,), i, device=x0.device, dtype=torch.long) for i in range(1, N)]
+        scale = 1.0
+    else:  # every sample draws its own terms: an unbiased estimate of the sum
         g = generator if isinstance(generator, torch.Generator) else None
-        idx = idx[torch.randperm(N - 1, generator=g)[:n_terms].to(x0.device)]
+        draws = torch.randint(1, N, (n_terms, B), generator=g)
+        rounds = [d.to(x0.device) for d in draws]
+        scale = (N - 1) / n_terms
     mid = torch.zeros(B, dtype=torch.float64, device=x0.device)
-    for i in idx.tolist():
+    bc = lambda v: v.reshape(B, *([1] * (x0.ndim - 1)))  # noqa: E731
+    for i in rounds:
         a_t, a_p = ac[i], ac[i - 1]
         beta = 1 - a_t / a_p
         var = beta * (1 - a_p) / (1 - a_t)
         c0 = a_p.sqrt() * beta / (1 - a_t)
-        t = torch.full((B,), (i + 1) / N, dtype=torch.float64, device=x0.device)
+        t = (i + 1).to(torch.float64) / N
         z = randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-        x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * z
+        x_t = bc(a_t.sqrt()) * x0 + bc((1 - a_t).sqrt()) * z
         with torch.no_grad():
             x0_hat = denoise(x_t.float(), t.float()).to(torch.float64)
-        mid += flat((c0 * (x0 - x0_hat)) ** 2) / (2 * var)
-    mid = mid * (N - 1) / len(idx)
+        mid += flat((bc(c0) * (x0 - x0_hat)) ** 2) / (2 * var)
+    mid = mid * scale
     t1 = torch.full((B,), 1.0 / N, dtype=torch.float64, device=x0.device)
     z = randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     x1 = ac[0].sqrt() * x0 + (1 - ac[0]).sqrt() * z

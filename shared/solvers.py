@@ -297,8 +297,11 @@ class EulerMaruyama(Solver):
 @dataclass(frozen=True)
 class PredictorCorrector(Solver):
     """Predictor–corrector (Song et al. 2021, Alg. 1 & 5): an Euler–Maruyama predictor followed
-    by ``n_corrector`` Langevin corrector steps at ``t_next`` with step size
-    ``2 (snr ||z|| / ||score||)^2`` per sample. No corrector at ``t_next = 0``."""
+    by ``n_corrector`` Langevin corrector steps at ``t_next``:
+    ``x <- x + e score(x) + sqrt(2 e) z`` with ``e = 2 (snr * sigma_next)^2``. This is the
+    expected value of Song et al.'s ratio rule ``2 (snr ||z|| / ||score||)^2`` for a calibrated
+    score (``||z||^2 ~ d``, ``||score||^2 ~ d / sigma^2``); unlike the ratio it keeps every sample
+    independent of its batch and is stable in low dimension. No corrector at ``t_next = 0``."""
 
     snr: float = 0.16
     n_corrector: int = 1
@@ -315,13 +318,11 @@ class PredictorCorrector(Solver):
         an, sn = process.alpha(t_next), process.sigma(t_next)
         if not (sn > 0).all():
             return x, state
+        e = 2 * (self.snr * sn) ** 2
         for _ in range(self.n_corrector):
             g = _score(denoise(x, t_next), x, an, sn, space)
             z = space.noise(x, generator)
-            gn = space.sum(g * g).sqrt().to(torch.float64)
-            zn = space.sum(z * z).sqrt().to(torch.float64)
-            eps = 2 * (self.snr * zn / gn.clamp_min(1e-30)) ** 2
-            x = x + _as(eps, x, space) * g + _as((2 * eps).sqrt(), x, space) * z
+            x = x + _as(e, x, space) * g + _as((2 * e).sqrt(), x, space) * z
         return x, state
 
 
