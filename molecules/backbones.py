@@ -84,9 +84,13 @@ class _GraphLayer(nn.Module):
 
 
 class _GraphTrunk(nn.Module):
-    def __init__(self, n_atom_types, n_bond_types, hidden, edge_hidden, layers, heads, cond_dim):
+    def __init__(self, n_atom_types, n_bond_types, hidden, edge_hidden, layers, heads, cond_dim,
+                 max_nodes: int = 9, node_positions: bool = False):
         super().__init__()
         self.in_h = nn.Linear(n_atom_types + 1 + n_bond_types, hidden)
+        # optional learned embedding of the node index: data order is RDKit's (canonical-SMILES)
+        # atom order, so neighbours in the order are mostly bonded; off = permutation equivariant
+        self.pos = nn.Parameter(torch.randn(max_nodes, hidden) * 0.1) if node_positions else None
         self.in_e = nn.Linear(n_bond_types, edge_hidden)
         self.layers = nn.ModuleList(_GraphLayer(hidden, edge_hidden, heads, cond_dim) for _ in range(layers))
 
@@ -96,7 +100,10 @@ class _GraphTrunk(nn.Module):
         pair = nm[:, :, None] & nm[:, None, :] & ~torch.eye(N, dtype=torch.bool, device=X.device)
         # soft degree per bond class from the (noisy) relaxed one-hots: sum_j (E_ijc + 1) / 2
         deg = (((E + 1) * 0.5).clamp(0, 1) * pair[..., None]).sum(2) / N  # [B, N, C]
-        h = self.in_h(torch.cat([X, nm[..., None].to(X.dtype), deg], dim=-1)) * nm[..., None]
+        h = self.in_h(torch.cat([X, nm[..., None].to(X.dtype), deg], dim=-1))
+        if self.pos is not None:
+            h = h + self.pos[None, :N]
+        h = h * nm[..., None]
         e = self.in_e(E) * pair[..., None]
         for layer in self.layers:
             h, e = layer(h, e, nm, pair, c)
@@ -108,17 +115,19 @@ class GraphTransformer(nn.Module):
 
     ``forward(x [B, N*K + N*N*C], t [B], cond=None, *, node_mask [B, N]) -> [B, N*K + N*N*C]``;
     the output is zero on absent nodes and pairs and symmetric in the bond block.
-    ``cond`` (optional ``[B, cond_dim]``) is added to the time embedding."""
+    ``cond`` (optional ``[B, cond_dim]``) is added to the time embedding. ``node_positions``
+    adds a learned node-index embedding (not permutation equivariant; see :class:`_GraphTrunk`)."""
 
     def __init__(self, *, n_atom_types: int = 8, n_bond_types: int = 4, max_nodes: int = 9,
                  hidden: int = 128, edge_hidden: int = 64, layers: int = 4, heads: int = 4,
-                 cond_dim: int = 0):
+                 cond_dim: int = 0, node_positions: bool = False):
         super().__init__()
         self.n, self.k, self.c = max_nodes, n_atom_types, n_bond_types
         self.cond_dim = cond_dim
         self.time = TimeEmbedding(hidden)
         self.cond = nn.Linear(cond_dim, hidden) if cond_dim else None
-        self.trunk = _GraphTrunk(n_atom_types, n_bond_types, hidden, edge_hidden, layers, heads, hidden)
+        self.trunk = _GraphTrunk(n_atom_types, n_bond_types, hidden, edge_hidden, layers, heads, hidden,
+                                 max_nodes, node_positions)
         self.out_h = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, n_atom_types))
         self.out_e = nn.Sequential(nn.LayerNorm(edge_hidden), nn.Linear(edge_hidden, n_bond_types))
 

@@ -79,7 +79,8 @@ class MoleculeModel(nn.Module):
         self.process = make_process(cfg.process)
         g = cfg.graph
         net = GraphTransformer(n_atom_types=K_ATOMS, n_bond_types=C_BONDS, max_nodes=MAX_NODES,
-                               hidden=g.hidden, edge_hidden=g.edge_hidden, layers=g.layers, heads=g.heads)
+                               hidden=g.hidden, edge_hidden=g.edge_hidden, layers=g.layers, heads=g.heads,
+                               node_positions=g.node_positions)
         self.graph = Denoiser(net, self.process, g.prediction)
         p = cfg.predictor
         self.predictor = (GraphRegressor(n_atom_types=K_ATOMS, n_bond_types=C_BONDS, max_nodes=MAX_NODES,
