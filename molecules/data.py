@@ -39,7 +39,7 @@ __all__ = [
     "MoleculeDataset", "canonical_smiles", "parse_smiles", "load_qm9", "load_qm9_smiles",
     "read_csv", "read_smiles_file", "read_sdf", "read_molecules", "tokenize", "smiles_to_tokens",
     "tokens_to_smiles", "smiles_to_onehot", "onehot_to_smiles", "mol_to_graph", "graph_to_mol",
-    "mol_to_dense", "dense_to_mol", "random_split", "scaffold_split",
+    "mol_to_dense", "dense_to_mol", "pyg_to_dense", "random_split", "scaffold_split",
 ]
 
 #: The 12 QM9 properties the seed paper conditions on, in its order.
@@ -476,6 +476,21 @@ def mol_to_dense(mol, max_nodes: int = MAX_NODES) -> tuple[Tensor, Tensor]:
     for i, j, c in bl:
         bonds[i, j] = bonds[j, i] = c
     return torch.from_numpy(atoms), torch.from_numpy(bonds)
+
+
+def pyg_to_dense(graphs, max_nodes: int = MAX_NODES) -> tuple[Tensor, Tensor]:
+    """PyG ``Batch`` (or list of ``Data`` from :func:`mol_to_graph`) -> dense
+    ``(atoms [B, N] long, -1 = no node; bonds [B, N, N] long)``, the model's batch format."""
+    from torch_geometric.data import Batch
+    from torch_geometric.utils import to_dense_adj, to_dense_batch
+
+    batch = graphs if isinstance(graphs, Batch) else Batch.from_data_list(list(graphs))
+    counts = torch.bincount(batch.batch, minlength=batch.num_graphs)
+    if counts.numel() and int(counts.max()) > max_nodes:
+        raise ValueError(f"a graph has {int(counts.max())} nodes > max_nodes={max_nodes}")
+    atoms, mask = to_dense_batch(batch.x, batch.batch, fill_value=-1, max_num_nodes=max_nodes)
+    bonds = to_dense_adj(batch.edge_index, batch.batch, batch.edge_attr, max_num_nodes=max_nodes)
+    return atoms.long(), bonds.long()
 
 
 def dense_to_mol(atoms: Tensor, bonds: Tensor, *, sanitize: bool = True):

@@ -148,3 +148,14 @@ def test_graph_space_noise_and_dim():
     assert abs(float((big.sum(zz**2) / big.dim(zz)).mean()) - 1.0) < 0.01
     y = sp.project(z + 1.0)
     assert torch.allclose(sp.project(y), y)
+
+
+def test_pyg_batch_to_dense_matches(qm9):
+    from torch_geometric.data import Batch
+
+    graphs = [D.mol_to_graph(m) for m in qm9.mols[:20]]
+    atoms, bonds = D.pyg_to_dense(Batch.from_data_list(graphs))
+    for i, m in enumerate(qm9.mols[:20]):
+        a, b = D.mol_to_dense(m)
+        assert torch.equal(atoms[i], a) and torch.equal(bonds[i], b)
+    assert len(qm9.subset(range(3)).graphs()) == 3
