@@ -103,6 +103,7 @@ def _adjacency() -> Tensor:
 ADJACENCY: Tensor = _adjacency()
 #: the same as a PyG ``edge_index`` ``[2, 10]`` (source row, target row)
 EDGE_INDEX: Tensor = ADJACENCY.nonzero().t().contiguous()
+_EDGE_KEYS: Tensor = torch.sort(EDGE_INDEX[0] * N_NODES + EDGE_INDEX[1]).values
 
 #: benchmark datasets: short name -> CSV column
 DATASETS: dict[str, str] = {
@@ -158,13 +159,14 @@ def arch_to_ops(arch: str) -> Tensor:
 
 def ops_to_arch(ops: Sequence[int] | Tensor) -> str:
     """Node type indices ``[8]`` -> arch string. Raises :class:`ArchError` if invalid."""
-    ops = torch.as_tensor(ops, dtype=torch.long).flatten()
-    errs = validity_errors(ops)
+    ops = torch.as_tensor(ops, dtype=torch.long).flatten().tolist()
+    if len(ops) != N_NODES:
+        raise ArchError(f"invalid cell: must have {N_NODES} nodes, got {len(ops)}")
+    errs = _errors_of(ops)
     if errs:
         raise ArchError("invalid cell: " + "; ".join(errs))
-    names = [OPS[int(k)] for k in ops[1:7]]
-    return (f"|{names[0]}~0|+|{names[1]}~0|{names[2]}~1|+"
-            f"|{names[3]}~0|{names[4]}~1|{names[5]}~2|")
+    n = [OPS[k] for k in ops[1:7]]
+    return f"|{n[0]}~0|+|{n[1]}~0|{n[2]}~1|+|{n[3]}~0|{n[4]}~1|{n[5]}~2|"
 
 
 def ops_to_onehot(ops: Tensor) -> Tensor:
@@ -231,25 +233,27 @@ def validity_errors(ops_or_onehot: Tensor) -> list[str]:
     if x.ndim == 2:
         if tuple(x.shape) != (N_NODES, N_TYPES):
             return [f"one-hot cell must be [{N_NODES}, {N_TYPES}], got {tuple(x.shape)}"]
-        ones = (x == 1).sum(-1)
-        nonbinary = ~((x == 0) | (x == 1)).all(-1)
-        bad = [i for i in range(N_NODES) if ones[i] != 1 or nonbinary[i]]
+        ok = (((x == 0) | (x == 1)).all(-1) & ((x == 1).sum(-1) == 1)).tolist()
+        bad = [i for i in range(N_NODES) if not ok[i]]
         if bad:
             return [f"node {i} does not have exactly one type" for i in bad]
         x = x.argmax(-1)
     if x.ndim != 1 or x.numel() != N_NODES:
         return [f"cell must have {N_NODES} nodes, got shape {tuple(x.shape)}"]
-    x = x.long()
-    errs = []
-    if ((x < 0) | (x >= N_TYPES)).any():
+    return _errors_of(x.long().tolist())
+
+
+def _errors_of(ops: list[int]) -> list[str]:
+    if any(k < 0 or k >= N_TYPES for k in ops):
         return [f"type indices must be in 0..{N_TYPES - 1}"]
-    if int(x[0]) != INPUT:
-        errs.append(f"node 0 must be input, is {OPS[int(x[0])]}")
-    if int(x[-1]) != OUTPUT:
-        errs.append(f"node {N_NODES - 1} must be output, is {OPS[int(x[-1])]}")
+    errs = []
+    if ops[0] != INPUT:
+        errs.append(f"node 0 must be input, is {OPS[ops[0]]}")
+    if ops[-1] != OUTPUT:
+        errs.append(f"node {N_NODES - 1} must be output, is {OPS[ops[-1]]}")
     for i in range(1, N_NODES - 1):
-        if int(x[i]) in (INPUT, OUTPUT):
-            errs.append(f"node {i} is {OPS[int(x[i])]} (only node 0 / node {N_NODES - 1} may be)")
+        if ops[i] in (INPUT, OUTPUT):
+            errs.append(f"node {i} is {OPS[ops[i]]} (only node 0 / node {N_NODES - 1} may be)")
     return errs
 
 
@@ -284,8 +288,8 @@ def from_pyg(data) -> str:
     """PyG ``Data`` with one-hot ``x: [8, 7]`` and the fixed ``edge_index`` -> arch string.
     Raises :class:`ArchError` if the edges are not the NAS-Bench-201 DAG."""
     ei = data.edge_index
-    if ei is None or ei.shape != EDGE_INDEX.shape or set(map(tuple, ei.t().tolist())) != set(
-            map(tuple, EDGE_INDEX.t().tolist())):
+    if ei is None or ei.shape != EDGE_INDEX.shape or not torch.equal(
+            torch.sort(ei[0] * N_NODES + ei[1]).values, _EDGE_KEYS):
         raise ArchError("edge_index is not the fixed NAS-Bench-201 cell DAG")
     return onehot_to_arch(data.x)
 

@@ -81,6 +81,19 @@ class GraphsModel(nn.Module):
         self.register_buffer("label_std", torch.ones(len(DS_NAMES)))
         self.register_buffer("label_counts", torch.zeros(len(DS_NAMES), dtype=torch.long))
 
+    def reset_predictor(self, seed: int = 0) -> None:
+        """Fresh predictor weights (seeded) and label statistics, e.g. before a new target."""
+        p = self.cfg.predictor
+        g = torch.random.fork_rng()
+        with g:
+            torch.manual_seed(seed)
+            new = CellPredictor(hidden=p.hidden, layers=p.layers, n_datasets=len(DS_NAMES),
+                                fixed_mask=FIXED_MASK, fixed_types=FIXED_TYPES)
+        self.predictor = new.to(self.label_mean.device)
+        self.label_mean.zero_()
+        self.label_std.fill_(1.0)
+        self.label_counts.zero_()
+
     @property
     def process(self) -> NoiseProcess:
         return self.denoiser.process
@@ -90,16 +103,26 @@ class GraphsModel(nn.Module):
         return self.denoiser.space
 
     def predict(self, x: Tensor, t: Tensor, dataset: str | int) -> Tensor:
-        """Standardised predicted accuracy ``[B]`` of (noisy) cells ``x: [B, 8, 7]`` at ``t: [B]``."""
+        """Standardised predicted accuracy ``[B]`` of (noisy) cells ``x: [B, 8, 7]`` at ``t: [B]``.
+
+        Transfer: when the predictor saw no label of ``dataset``, the mean of its standardised
+        predictions for the datasets it has labels for is returned."""
         d = DS_NAMES.index(dataset) if isinstance(dataset, str) else int(dataset)
-        return self.predictor(self.space.project(x), t, torch.full((x.shape[0],), d, device=x.device))
+        x = self.space.project(x)
+        ids = [d] if int(self.label_counts[d]) > 0 or int(self.label_counts.sum()) == 0 else \
+            [k for k in range(len(DS_NAMES)) if int(self.label_counts[k]) > 0]
+        outs = [self.predictor(x, t, torch.full((x.shape[0],), k, device=x.device)) for k in ids]
+        return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
 
     def predict_accuracy(self, ops: Tensor, dataset: str) -> Tensor:
-        """Predicted accuracy in % of clean cells ``ops: [B, 8]`` (t = 0)."""
+        """Predicted accuracy in % of clean cells ``ops: [B, 8]`` (t = 0); standardised units
+        when the predictor has no label of ``dataset`` (transfer)."""
         d = DS_NAMES.index(dataset)
         x = to_signed(ops_to_onehot(ops)).to(self.label_mean.device)
         with torch.no_grad():
             z = self.predict(x, torch.zeros(x.shape[0], device=x.device), dataset)
+        if int(self.label_counts[d]) == 0:
+            return z  # transfer: no scale for this dataset, standardised units
         return z * self.label_std[d] + self.label_mean[d]
 
 
