@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .process import NoiseProcess
-from .spaces import Euclidean, Space
+from .spaces import Euclidean, Space, coef
 
 PREDICTIONS = ("eps", "x0", "v", "score", "flow", "edm")
 
@@ -45,19 +45,25 @@ def _check_pred(name: str) -> None:
         raise ValueError(f"unknown prediction type {name!r}; choose one of {PREDICTIONS}")
 
 
+def _is_zero_somewhere(a: Tensor) -> bool:
+    u = getattr(a, "_uniform", None)
+    return u == 0.0 if u is not None else bool((a == 0).any())
+
+
 def _to_x0_eps(out, src, x, t, process, space, sigma_data):
     a, s = process.alpha(t), process.sigma(t)
-    A, S = space.bcast(a, x), space.bcast(s, x)
     if src == "x0":
-        x0 = out
-        return x0, None
+        return out, None
+    A, S = coef(a, x, space), coef(s, x, space)
     if src == "eps":
-        if (a == 0).any():
+        if _is_zero_somewhere(a):
             raise ValueError("eps prediction is undefined where alpha(t) = 0 (zero terminal SNR): "
                              "use v or flow prediction")
+        if isinstance(S, float) and isinstance(A, float):  # fused: two ops, no broadcast copies
+            return torch.add(x, out, alpha=-S).div_(A), out
         return (x - S * out) / A, out
     if src == "score":
-        if (a == 0).any():
+        if _is_zero_somewhere(a):
             raise ValueError("score prediction is undefined where alpha(t) = 0: use v or flow")
         return (x + S * S * out) / A, -S * out
     if src == "v":
@@ -88,12 +94,12 @@ def convert(out: Tensor, src: str, dst: str, x_t: Tensor, t: Tensor, process: No
     space = space or Euclidean()
     x = x_t
     x0, eps = _to_x0_eps(out, src, x, t, process, space, sigma_data)
-    a, s = process.alpha(t), process.sigma(t)
-    A, S = space.bcast(a, x), space.bcast(s, x)
     if dst == "x0":
         return x0
+    a, s = process.alpha(t), process.sigma(t)
+    A, S = coef(a, x, space), coef(s, x, space)
     if eps is None:
-        if (s == 0).any():
+        if _is_zero_somewhere(s):
             raise ValueError(f"cannot convert {src} to {dst} where sigma(t) = 0")
         eps = (x - A * x0) / S
     if dst == "eps":

@@ -51,12 +51,69 @@ def check_t(t: Tensor, batch: int | None = None) -> None:
         raise ValueError(f"t must lie in [0, 1]; got values such as {bad[:3].tolist()}")
 
 
+_FAST = ("alpha", "sigma", "log_snr")
+_CACHE_MAX = 8192
+
+
+def _fast_path(fn):
+    """Evaluate ``fn`` once per distinct time when ``t`` is a CPU tensor holding one value
+    repeated (a ``[B]`` expand of a grid time, as in sampling): the value is computed by the same
+    float64 code on one element, cached per process and returned expanded (read-only, stride 0),
+    tagged with its Python value in ``._uniform`` so hot loops can multiply by a float instead of
+    broadcasting a tensor. CUDA tensors take the plain path (reading the value would sync)."""
+
+    name = fn.__name__
+
+    def wrapper(self, t):
+        d = self.__dict__
+        # 1) the very same time tensor as a moment ago (solver and denoiser share it per step)
+        memo = d.get("_memo")
+        if memo is not None:
+            ent = memo.get(id(t))
+            if ent is not None and ent[0] is t and ent[1] == t._version and name in ent[2]:
+                return ent[2][name]
+        if (torch.is_tensor(t) and t.ndim == 1 and t.device.type == "cpu" and t.shape[0] > 0
+                and not t.requires_grad and (t.shape[0] == 1 or t.stride(0) == 0)):
+            # 2) a time value seen before (every step of every sampling call on the same grid)
+            cache = d.setdefault("_fast_cache", {})
+            key = (name, float(t[0]), t.shape[0])
+            v = cache.get(key)
+            if v is None:
+                if len(cache) > _CACHE_MAX:
+                    cache.clear()
+                one = fn(self, t[:1])
+                v = one.expand(t.shape[0])
+                v._uniform = float(one)
+                cache[key] = v
+            memo = d.setdefault("_memo", {})
+            if len(memo) > 16:
+                memo.clear()
+            ent = memo.get(id(t))
+            if ent is None or ent[0] is not t or ent[1] != t._version:
+                ent = memo[id(t)] = (t, t._version, {})
+            ent[2][name] = v
+            return v
+        return fn(self, t)
+
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    wrapper.__wrapped__ = fn
+    return wrapper
+
+
 class NoiseProcess:
     """Base class. Subclasses define ``log_snr`` and ``t_of_log_snr``; VP-type processes get
-    ``alpha = sqrt(sigmoid(lam))``, ``sigma = sqrt(sigmoid(-lam))`` unless they override them."""
+    ``alpha = sqrt(sigmoid(lam))``, ``sigma = sqrt(sigmoid(-lam))`` unless they override them.
+    ``alpha``, ``sigma`` and ``log_snr`` return float64 ``[B]``; for a ``t`` that repeats one
+    value they return a cached, expanded (read-only) tensor."""
 
     #: human-readable kind, used in configs and reports
     kind: str = "base"
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        for name in _FAST:
+            if name in cls.__dict__:
+                setattr(cls, name, _fast_path(cls.__dict__[name]))
 
     def log_snr(self, t: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -64,9 +121,11 @@ class NoiseProcess:
     def t_of_log_snr(self, lam: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @_fast_path
     def alpha(self, t: Tensor) -> Tensor:
         return torch.sigmoid(self.log_snr(t)).sqrt()
 
+    @_fast_path
     def sigma(self, t: Tensor) -> Tensor:
         return torch.sigmoid(-self.log_snr(t)).sqrt()
 
@@ -188,6 +247,7 @@ class DiscreteVP(NoiseProcess):
         """Train index ``i`` (diffusers timestep) to ``t = (i + 1) / N``; index -1 maps to 0."""
         return (_f64(i) + 1.0) / self.num_train_timesteps
 
+    @_fast_path
     def index_of_t(self, t: Tensor) -> Tensor:
         """Inverse of :meth:`t_of_index` as a float (what diffusers UNets receive as timestep)."""
         return _f64(t) * self.num_train_timesteps - 1.0

@@ -116,9 +116,9 @@ def _integrate(denoise, x, g, solver, process, space, hooks, callback, generator
 
         steps = tqdm(steps, desc=f"sampling ({solver.name})", leave=False)
     tdtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    ts = g.to(tdtype).to(x.device)
     for i in steps:
-        t = g[i].to(tdtype).expand(B).to(x.device)
-        tn = g[i + 1].to(tdtype).expand(B).to(x.device)
+        t, tn = ts[i].expand(B), ts[i + 1].expand(B)  # views: [B], one time per step
         x, state = solver.step(rec, x, t, tn, state, process=process, space=space, generator=generator)
         if hooks or callback is not None:
             ctx = StepContext(i, g.numel() - 1, t, tn, rec.last, process, space, generator)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .process import NoiseProcess
-from .spaces import Space
+from .spaces import Space, coef
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -50,17 +50,43 @@ class Solver:
         return f"{type(self).__name__}({self.name})"
 
 
-def _as(c: Tensor, x: Tensor, space: Space) -> Tensor:
-    return space.bcast(c, x)
+def _as(c: Tensor, x: Tensor, space: Space):
+    return coef(c, x, space)
+
+
+def _vals(*cs):
+    """Per-sample coefficients as Python floats when every one is a cached uniform value (the
+    usual case inside :func:`shared.sample.sample`), else the ``[B]`` tensors themselves. The
+    formulas below are written once and work on either."""
+    us = [getattr(c, "_uniform", None) for c in cs]
+    return cs if any(u is None for u in us) else us
+
+
+def _combine(space: Space, terms) -> Tensor:
+    """``sum_i c_i v_i`` for coefficients ``c_i`` (floats or ``[B]`` tensors) and tensors ``v_i``;
+    float coefficients cost one fused op each and no broadcast copy."""
+    out = None
+    for c, v in terms:
+        if isinstance(c, float):
+            out = v * c if out is None else out.add_(v, alpha=c)
+        else:
+            term = space.bcast(c, v) * v
+            out = term if out is None else out.add_(term)
+    return out
+
+
+def _expm1(h):
+    return math.expm1(h) if isinstance(h, float) else torch.expm1(h)
 
 
 def _ddim_update(x, D, a, s, an, sn, space, c=None, z=None):
     """``x_next = an D + sqrt(sn^2 - c^2) eps_hat + c z`` with ``eps_hat = (x - a D) / s``."""
-    eps = (x - _as(a, x, space) * D) / _as(s, x, space)
     if c is None:
-        return _as(an, x, space) * D + _as(sn, x, space) * eps
-    out = _as(an, x, space) * D + _as((sn * sn - c * c).clamp_min(0).sqrt(), x, space) * eps
-    return out + _as(c, x, space) * z
+        a, s, an, sn = _vals(a, s, an, sn)
+        cx = sn / s
+        return _combine(space, [(cx, x), (an - cx * a, D)])
+    k = (sn * sn - c * c).clamp_min(0).sqrt() / s
+    return _combine(space, [(k, x), (an - k * a, D), (c, z)])
 
 
 @dataclass(frozen=True)
@@ -186,11 +212,6 @@ class EulerAncestral(Solver):
         return x_n, state
 
 
-def _lam(process, t):
-    """DPM-Solver's half log-SNR ``log(alpha / sigma)``."""
-    return 0.5 * process.log_snr(t)
-
-
 @dataclass(frozen=True)
 class DPMSolverPP(Solver):
     """DPM-Solver++(kM) multistep, Lu et al. 2022, Alg. 2 (k = 2) and the 3rd-order update of
@@ -207,33 +228,38 @@ class DPMSolverPP(Solver):
 
     def step(self, denoise, x, t, t_next, state, *, process, space, generator=None):
         D0 = denoise(x, t)
-        a, s = process.alpha(t), process.sigma(t)
-        an, sn = process.alpha(t_next), process.sigma(t_next)
-        lam, lam_n = _lam(process, t), _lam(process, t_next)
+        s, an, sn, ls, ls_n = _vals(process.sigma(t), process.alpha(t_next), process.sigma(t_next),
+                                    process.log_snr(t), process.log_snr(t_next))
+        lam, lam_n = 0.5 * ls, 0.5 * ls_n  # DPM-Solver's lambda = log(alpha / sigma)
         h = lam_n - lam
         order = min(self.solver_order, len(state) + 1)
-        if not torch.isfinite(h).all():
+        if not _finite(h):
             order = 1
-        em1 = torch.expm1(-h)  # exp(-h) - 1
-        ratio = torch.where(sn > 0, sn / s, torch.zeros_like(s))
-        x_n = _as(ratio, x, space) * x - _as(an * em1, x, space) * D0
-        if order >= 2:
+        em1 = _expm1(-h)  # exp(-h) - 1
+        terms = [(sn / s, x)]
+        if order == 1:
+            terms.append((-an * em1, D0))
+        elif order == 2:
             D1m, lam1 = state[-1]
             r0 = (lam - lam1) / h
-            D1_0 = (D0 - D1m) / _as(r0, x, space)
-            if order == 2:
-                x_n = x_n - _as(0.5 * an * em1, x, space) * D1_0
-            else:
-                D2m, lam2 = state[-2]
-                r1 = (lam1 - lam2) / h
-                D1_1 = (D1m - D2m) / _as(r1, x, space)
-                D1 = D1_0 + _as(r0 / (r0 + r1), x, space) * (D1_0 - D1_1)
-                D2 = (D1_0 - D1_1) / _as(r0 + r1, x, space)
-                x_n = x_n + _as(an * (em1 / h + 1), x, space) * D1 \
-                    - _as(an * ((em1 + h) / (h * h) - 0.5), x, space) * D2
+            terms += [(-an * em1 * (1 + 0.5 / r0), D0), (0.5 * an * em1 / r0, D1m)]
+        else:
+            (D2m, lam2), (D1m, lam1) = state[-2], state[-1]
+            r0, r1 = (lam - lam1) / h, (lam1 - lam2) / h
+            P = an * (em1 / h + 1)
+            Q = -an * ((em1 + h) / (h * h) - 0.5)
+            k = r0 / (r0 + r1)
+            A0 = P * (1 + k) + Q / (r0 + r1)  # coefficient of D1_0 = (D0 - D1) / r0
+            A1 = -P * k - Q / (r0 + r1)  # coefficient of D1_1 = (D1 - D2) / r1
+            terms += [(-an * em1 + A0 / r0, D0), (A1 / r1 - A0 / r0, D1m), (-A1 / r1, D2m)]
+        x_n = _combine(space, terms)
         keep = max(self.solver_order - 1, 0)
         new_state = (tuple(state) + ((D0, lam),))[-keep:] if keep else ()
         return x_n, new_state
+
+
+def _finite(h) -> bool:
+    return math.isfinite(h) if isinstance(h, float) else bool(torch.isfinite(h).all())
 
 
 @dataclass(frozen=True)
@@ -247,26 +273,30 @@ class DPMSolverPPSDE(Solver):
 
     def step(self, denoise, x, t, t_next, state, *, process, space, generator=None):
         D0 = denoise(x, t)
-        s = process.sigma(t)
-        an, sn = process.alpha(t_next), process.sigma(t_next)
-        lam, lam_n = _lam(process, t), _lam(process, t_next)
+        s, an, sn, ls, ls_n = _vals(process.sigma(t), process.alpha(t_next), process.sigma(t_next),
+                                    process.log_snr(t), process.log_snr(t_next))
+        lam, lam_n = 0.5 * ls, 0.5 * ls_n
         h = lam_n - lam
         order = min(self.solver_order, len(state) + 1)
-        if not torch.isfinite(h).all():
+        if not _finite(h):
             order = 1
-        e = torch.exp(-h)
-        one_m = -torch.expm1(-2 * h)  # 1 - e^-2h
-        ratio = torch.where(sn > 0, sn / s * e, torch.zeros_like(s))
-        D = D0
-        if order >= 2:
+        one_m = -_expm1(-2 * h)  # 1 - e^-2h
+        cx = sn / s * (1 - one_m) ** 0.5  # (sn / s) e^-h, 0 at sn = 0
+        if order == 1:
+            terms = [(cx, x), (an * one_m, D0)]
+        else:
             D1m, lam1 = state[-1]
             r0 = (lam - lam1) / h
-            D = D0 + 0.5 * (D0 - D1m) / _as(r0, x, space)
-        x_n = _as(ratio, x, space) * x + _as(an * one_m, x, space) * D
-        if (sn > 0).any():
-            x_n = x_n + _as(sn * one_m.clamp_min(0).sqrt(), x, space) * space.noise(x, generator)
+            terms = [(cx, x), (an * one_m * (1 + 0.5 / r0), D0), (-an * one_m * 0.5 / r0, D1m)]
+        if _any_positive(sn):
+            terms.append((sn * one_m ** 0.5, space.noise(x, generator)))
+        x_n = _combine(space, terms)
         new_state = (tuple(state) + ((D0, lam),))[-(self.solver_order - 1):]
         return x_n, new_state
+
+
+def _any_positive(v) -> bool:
+    return v > 0 if isinstance(v, float) else bool((v > 0).any())
 
 
 def _score(D, x, a, s, space):

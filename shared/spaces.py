@@ -34,7 +34,16 @@ __all__ = [
     "SymmetricAdjacency",
     "randn",
     "Generator",
+    "coef",
 ]
+
+
+def coef(c: Tensor, x: Tensor, space: "Space"):
+    """``space.bcast(c, x)``, or the plain Python float when ``c`` is a cached uniform
+    coefficient from a process (see ``shared.process``): multiplying by a float needs no
+    broadcast copy, which is most of the per-step cost of a sampling loop on small tensors."""
+    u = getattr(c, "_uniform", None)
+    return u if u is not None else space.bcast(c, x)
 
 
 def randn(shape: Sequence[int], *, generator: Generator = None, dtype=torch.float32,

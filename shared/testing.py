@@ -1,4 +1,5 @@
-"""Isotropic Gaussian mixtures: exact denoisers, scores and densities at every noise level.
+"""Oracles for testing samplers: isotropic Gaussian mixtures have exact denoisers, scores and
+densities at every noise level.
 
 For ``x0 ~ sum_k pi_k N(m_k, v_k I)`` and ``x_t = a x0 + s eps``, ``x_t`` is a mixture of
 ``N(a m_k, (a^2 v_k + s^2) I)`` and ``E[x0 | x_t] = sum_k r_k(x_t) (m_k + a v_k / (a^2 v_k + s^2)
@@ -58,6 +59,7 @@ class GMM:
 
 
 def two_d_mixture() -> GMM:
+    """The 3-component 2-D mixture used by the kernel tests and benchmark."""
     return GMM(means=torch.tensor([[-1.0, 0.5], [1.2, -0.3], [0.2, 1.5]], dtype=torch.float64),
                variances=torch.tensor([0.15, 0.3, 0.08], dtype=torch.float64),
                weights=torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64))

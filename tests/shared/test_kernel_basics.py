@@ -262,3 +262,16 @@ def test_prior_scale():
 
     x = prior((20000, 1), process=P.EDM(), generator=g, dtype=torch.float64)
     assert abs(float(x.std()) - math.sqrt(1 + 80.0**2)) / 80.0 < 0.02
+
+
+@pytest.mark.parametrize("proc", PROCESSES, ids=IDS)
+def test_uniform_time_fast_path_is_exact(proc):
+    # a repeated grid time goes through a per-process cache; it must equal the plain formula
+    for v in (0.013, 0.5, 0.97):
+        t = torch.tensor(v, dtype=torch.float32).expand(5)
+        for name in ("alpha", "sigma", "log_snr"):
+            fast = getattr(proc, name)(t)
+            plain = getattr(type(proc), name).__wrapped__(proc, t.contiguous())
+            assert torch.equal(fast, plain), name
+            assert fast._uniform == float(plain[0])
+            assert torch.equal(getattr(proc, name)(t), fast)  # second call: memo hit

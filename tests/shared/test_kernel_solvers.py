@@ -18,7 +18,7 @@ from shared import solvers as S
 from shared.guidance import cfg, classifier, energy, experts_by_interval, inpaint, observation_mse
 from shared.sample import invert, prior, sample
 
-from .gmm import GMM, two_d_mixture
+from shared.testing import GMM, two_d_mixture
 
 F64 = torch.float64
 
