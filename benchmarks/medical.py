@@ -50,8 +50,8 @@ def build_config(quick: bool, cache_dir: str):
         data = replace(cfg.data, n_train=64, n_val=0, n_test=12, cache_dir=cache_dir)
         train = replace(cfg.train, steps=120, warmup_steps=10, log_every=20)
     else:
-        data = replace(cfg.data, n_train=400, n_val=0, n_test=48, cache_dir=cache_dir)
-        train = replace(cfg.train, steps=1500, warmup_steps=50, log_every=50)
+        data = replace(cfg.data, n_train=300, n_val=0, n_test=40, cache_dir=cache_dir)
+        train = replace(cfg.train, steps=800, warmup_steps=40, log_every=50)
     return replace(cfg, data=data, train=train)
 
 

@@ -65,7 +65,9 @@ class LossConfig:
     """Set loss weights (DETR / DiffusionDet): focal classification, L1 and GIoU on boxes;
     the same weights build the Hungarian matching cost. ``match_k > 1``: one-to-many matching
     (each ground-truth box takes up to k proposals; duplicates are removed by NMS at inference),
-    more positives per image than one-to-one, like DiffusionDet's dynamic-k assignment."""
+    more positives per image than one-to-one, like DiffusionDet's dynamic-k assignment.
+    ``curriculum``: fractions of the training steps after which the tooth and diagnosis levels
+    are switched on (HierarchicalDet's quadrant -> enumeration -> diagnosis initialisation)."""
 
     w_cls: float = 2.0
     w_l1: float = 5.0
@@ -73,6 +75,14 @@ class LossConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     match_k: int = 1
+    curriculum: tuple[float, ...] = (0.0, 0.0)
+
+    def __post_init__(self):
+        if len(self.curriculum) != 2 or not 0 <= self.curriculum[0] <= self.curriculum[1] <= 1:
+            raise ValueError(f"loss.curriculum must be (f_tooth, f_diag) with 0 <= f_tooth <= f_diag <= 1, "
+                             f"got {self.curriculum}")
+        if self.match_k < 1:
+            raise ValueError(f"loss.match_k must be >= 1, got {self.match_k}")
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,7 @@ class SampleConfig:
     nms_iou: float = 0.6
     max_det: int = 100
     batch_size: int = 8
+    num_proposals: int = 0  # 0: as in training
 
 
 @dataclass(frozen=True)
@@ -113,8 +124,9 @@ def default() -> MedicalConfig:
     """About two minutes of CPU training on phantoms (the cross-domain demo)."""
     return MedicalConfig(
         data=DataConfig(n_train=96, n_val=8, n_test=16, image_size=(256, 128)),
-        model=ModelConfig(num_stages=2, num_proposals=40),
-        train=TrainConfig(steps=300, batch_size=4, lr=5e-4, warmup_steps=20, lr_schedule="cosine",
+        model=ModelConfig(num_stages=3, num_proposals=64),
+        loss=LossConfig(match_k=3),
+        train=TrainConfig(steps=300, batch_size=4, lr=1e-3, warmup_steps=20, lr_schedule="cosine",
                           ema_decay=0.99, log_every=10, grad_clip=1.0))
 
 
@@ -124,6 +136,7 @@ def gpu() -> MedicalConfig:
         data=DataConfig(n_train=2000, n_val=50, n_test=200, image_size=(512, 256)),
         model=ModelConfig(layers=(2, 2, 2, 2), block_inplanes=(32, 64, 128, 256), fpn_channels=128, d_model=256,
                           num_heads=8, num_stages=4, num_proposals=100),
+        loss=LossConfig(match_k=3),
         sample=SampleConfig(batch_size=32),
         train=TrainConfig(steps=20000, batch_size=16, lr=2.5e-4, warmup_steps=500, lr_schedule="cosine",
                           ema_decay=0.999, log_every=50, mixed_precision="bf16", num_workers=4))

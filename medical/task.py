@@ -48,6 +48,7 @@ class MedicalModel(nn.Module):
         self.num_proposals = m.num_proposals
         self.signal_scale = m.signal_scale
         self.image_size = tuple(cfg.data.image_size)
+        self.sample_cfg = cfg.sample  # inference defaults (renewal, ensembling, NMS, batch size)
 
     @property
     def net(self) -> DiffusionDetNet:
@@ -101,7 +102,8 @@ def _move(batch_images: Tensor, model: nn.Module) -> Tensor:
 
 def detect(model: MedicalModel, images: Tensor, *, solver, grid: Tensor, generator=None, renewal: bool = True,
            renewal_threshold: float = 0.1, ensemble: bool = True, nms_iou: float = 0.6, max_det: int = 100,
-           init_boxes: Sequence[Tensor] | None = None, guidance: Callable | None = None) -> list[dict]:
+           init_boxes: Sequence[Tensor] | None = None, guidance: Callable | None = None,
+           num_proposals: int | None = None) -> list[dict]:
     """Detect boxes by denoising random boxes (DiffusionDet inference).
 
     Args:
@@ -115,10 +117,12 @@ def detect(model: MedicalModel, images: Tensor, *, solver, grid: Tensor, generat
             stage; they are noised to ``grid[0]`` (``alpha x0 + sigma eps``), the remaining
             proposals start from the prior. Use a grid starting below 1 (e.g. ``grid[k:]``).
         guidance: optional ``denoise -> denoise`` transform (e.g. from :mod:`shared.guidance`).
+        num_proposals: boxes to denoise (default: the training number; DiffusionDet may use more
+            at inference than in training).
     Returns per image ``{"boxes": [K, 4] xyxy, "scores": [K], "labels": [K, 3], "level_scores": [K, 3]}``.
     """
     B = images.shape[0]
-    N, scale, size = model.num_proposals, model.signal_scale, model.image_size
+    N, scale, size = num_proposals or model.num_proposals, model.signal_scale, model.image_size
     process, space = model.process, model.space
     dev = images.device
     cond = model.net.encode(images)
@@ -225,11 +229,17 @@ class MedicalTask:
         torch.manual_seed(cfg.train.seed)
         return MedicalModel(cfg)
 
-    def loss_fn(self, cfg: C.MedicalConfig) -> Callable:
+    def loss_fn(self, cfg: C.MedicalConfig, step_fn: Callable[[], int] | None = None) -> Callable:
         """``loss_fn(model, batch, generator) -> [B]``: flip augmentation (label-aware), boxes
         padded to ``num_proposals``, noised at ``t ~ U{1..N}/N`` by the process, set loss on
-        the x0 prediction of every head stage."""
+        the x0 prediction of every head stage.
+
+        Hierarchical curriculum (HierarchicalDet's stage-wise initialisation, in one run): with
+        ``loss.curriculum = (f_tooth, f_diag)`` the tooth / diagnosis labels are switched on after
+        those fractions of ``train.steps`` (``step_fn()`` gives the current step); before that
+        they count as unannotated, so earlier levels initialise the later ones."""
         flip_p = cfg.data.flip_prob
+        on = [0] + [int(f * cfg.train.steps) for f in cfg.loss.curriculum]
 
         def loss_fn(model: MedicalModel, batch: dict, generator: torch.Generator) -> Tensor:
             m = getattr(model, "module", model)
@@ -251,6 +261,13 @@ class MedicalTask:
                     else:
                         imgs.append(images[i])
                 images = torch.stack(imgs)
+            if step_fn is not None and any(on):
+                step = step_fn()
+                off = [k for k in range(3) if step < on[k]]
+                if off:
+                    labels = [lab.clone() for lab in labels]
+                    for lab in labels:
+                        lab[:, off] = -1
             size, scale, N = m.image_size, m.signal_scale, m.num_proposals
             x0 = torch.stack([pad_boxes(boxes_to_signal(b.float(), size, scale), N, scale, generator)
                               for b in boxes]).to(images)
@@ -265,7 +282,7 @@ class MedicalTask:
         return loss_fn
 
     def train(self, cfg: C.MedicalConfig, model: MedicalModel, data: Splits, trainer) -> MedicalModel:
-        trainer.fit(model, self.loss_fn(cfg), data.train, collate_fn=collate)
+        trainer.fit(model, self.loss_fn(cfg, step_fn=lambda: trainer.step), data.train, collate_fn=collate)
         out = trainer.sampling_model
         return out if out is not None else model
 
@@ -278,7 +295,7 @@ class MedicalTask:
             raise ValueError("medical.generate needs data (the test images to detect on)")
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        s = getattr(model, "_sample_cfg", None) or C.SampleConfig()
+        s = getattr(model, "sample_cfg", None) or C.SampleConfig()
         renewal = s.renewal if renewal is None else renewal
         ensemble = s.ensemble if ensemble is None else ensemble
         dev = next(model.parameters()).device
@@ -294,7 +311,7 @@ class MedicalTask:
                 gens = [torch.Generator(device=dev).manual_seed(int(sd)) for sd in seeds[a:a + s.batch_size]]
                 res = detect(model, imgs, solver=solver, grid=grid, generator=gens, renewal=renewal,
                              renewal_threshold=s.renewal_threshold, ensemble=ensemble, nms_iou=s.nms_iou,
-                             max_det=s.max_det, guidance=guidance)
+                             max_det=s.max_det, guidance=guidance, num_proposals=s.num_proposals or None)
                 for i, r in zip(sel, res):
                     r["index"] = i
                     out.append(r)
@@ -317,7 +334,6 @@ class MedicalTask:
         cfg = from_dict(C.MedicalConfig, ck.config)
         model = MedicalModel(cfg)
         load_into(ck, {"model": model})
-        model._sample_cfg = cfg.sample
         return model.eval(), cfg
 
     def plot(self, samples: Sequence[dict], data: Splits, path, *, min_score: float = 0.2) -> None:
