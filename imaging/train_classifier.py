@@ -47,7 +47,7 @@ def accuracy(model: DigitClassifier, images: torch.Tensor, labels: torch.Tensor,
     return hits / len(images)
 
 
-def train_classifier(*, steps: int = 700, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
+def train_classifier(*, steps: int = 2000, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                      max_shift: int = 2, progress: bool = True) -> tuple[DigitClassifier, dict]:
     """Train a :class:`DigitClassifier` with ``shared.training.Trainer`` (AdamW, cosine LR, EMA);
     returns the EMA model and a report dict with val/test accuracy."""
@@ -100,7 +100,7 @@ def save_classifier(model: DigitClassifier, report: dict, out_dir: str | Path = 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=700)
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)

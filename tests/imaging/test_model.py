@@ -33,11 +33,10 @@ def test_tiny_vae_and_latent_unet_train(trained_latent):
     assert imgs.shape == (2, 1, 16, 16) and imgs.abs().max() <= 1
 
 
-@pytest.mark.parametrize("solver,grid", [("ddim", "uniform"), ("heun", "karras"), ("dpmpp_2m", "log_snr"),
-                                         ("euler_ancestral", "uniform")])
+@pytest.mark.parametrize("solver,grid", [("heun", "karras"), ("euler_ancestral", "uniform")])
 def test_generation_shapes_and_seed_determinism(trained, solver, grid):
     model, _, _ = trained
-    sv, gr = S.make(solver), G.make(grid, 3, process=model.process)
+    sv, gr = S.make(solver), G.make(grid, 2, process=model.process)
     labels = [0, 3, 7, 9]
     a = model.sample(labels, solver=sv, grid=gr, guidance_scale=2.0, seeds=[1, 2, 3, 4])
     b = model.sample(labels, solver=sv, grid=gr, guidance_scale=2.0, seeds=[1, 2, 3, 4], batch_size=2)
@@ -50,7 +49,7 @@ def test_generation_shapes_and_seed_determinism(trained, solver, grid):
 
 def test_guidance_scale_zero_equals_unconditional(trained):
     model, _, _ = trained
-    sv, gr = S.make("ddim"), G.make("uniform", 3, process=model.process)
+    sv, gr = S.make("dpmpp_2m"), G.make("log_snr", 2, process=model.process)
     g0 = model.sample([1, 5, 8], solver=sv, grid=gr, guidance_scale=0.0, seeds=[0, 1, 2])
     unc = model.sample(None, n=3, solver=sv, grid=gr, seeds=[0, 1, 2])
     torch.testing.assert_close(g0, unc)
