@@ -13,8 +13,10 @@ Writes JSON (updated after every stage, so a partial run leaves its figures) wit
   ``cfg_scan`` has every scale's accuracy and FD.
 * ``fd_vs_nfe`` — ``{solver: {nfe: fd}}`` for DDIM, Heun (EDM, Karras grid) and DPM-Solver++(2M).
 * ``diffusers_fd_nfe10`` — ``{scheduler: fd}`` from diffusers' ``DDIMScheduler`` and
-  ``DPMSolverMultistepScheduler`` loops (``timestep_spacing="trailing"``) at 10 evaluations with the
-  same UNet, guidance, labels and starting noise; ``ours_best_fd_nfe10`` for the goal check.
+  ``DPMSolverMultistepScheduler`` loops (``timestep_spacing="trailing"``, the same grid as our
+  ``uniform``) at 10 evaluations with the same UNet, guidance, labels and starting noise; DDIM is
+  run with ``clip_sample=False`` (the same algorithm as ours) and with diffusers' default
+  ``clip_sample=True`` (``ddim_clip_sample``); ``ours_best_fd_nfe10`` for the goal check.
 * ``train_images_per_s`` and ``sample_images_per_s`` (wall clock, this machine).
 
 ``--quick`` trains for a few dozen steps (numbers are only a smoke test of the pipeline).
@@ -66,25 +68,40 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="/tmp/imaging_bench", help="folder for PNG grids")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--parts", default="pixel,latent", help="comma list of pixel, latent")
+    ap.add_argument("--pixel-steps", type=int, default=None, help="override the pixel UNet's training steps")
+    ap.add_argument("--latent-steps", type=int, default=None, help="override the latent UNet's training steps")
+    ap.add_argument("--vae-steps", type=int, default=None, help="override the autoencoder's training steps")
+    ap.add_argument("--n-eval", type=int, default=None, help="override the number of generated images per metric")
+    ap.add_argument("--nfes", default=None, help="override the NFE list, e.g. 5,10")
+    ap.add_argument("--scales", default=None, help="override the CFG scales scanned, e.g. 1,3")
+    ap.add_argument("--cfg-scale", type=float, default=None, help="skip the scan and use this CFG scale")
     a = ap.parse_args(argv)
+    parts = set(a.parts.split(","))
+    if not parts <= {"pixel", "latent"} or not parts:
+        ap.error("--parts takes pixel and/or latent")
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
 
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-
     from imaging.metrics import classifier_info, image_metrics
-    from imaging.model import per_sample_generators
     from imaging.task import ImagingTask
-    from shared import grid as G
-    from shared import solvers as S
     from shared.config import apply_overrides
-    from shared.interop.diffusers import run_scheduler_loop
-    from shared.param import convert
-    from shared.sample import count_nfe, prior
     from shared.training import Trainer
 
     st = settings(a.quick, a.preset)
+    for key, val in (("pixel_steps", a.pixel_steps), ("latent_steps", a.latent_steps), ("vae_steps", a.vae_steps),
+                     ("n_eval", a.n_eval)):
+        if val is not None:
+            st[key] = val
+    if a.n_eval is not None:
+        st["n_scan"] = min(st["n_scan"], a.n_eval)
+    if a.nfes:
+        st["nfes"] = [int(v) for v in a.nfes.split(",")]
+    if a.scales:
+        st["scales"] = [float(v) for v in a.scales.split(",")]
+    if st["batch"] is None and (a.pixel_steps or a.latent_steps or a.vae_steps):
+        ap.error("step overrides are for the CPU presets")
     out_json, out_dir = Path(a.json), Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     task = ImagingTask()
@@ -124,23 +141,49 @@ def main(argv=None) -> int:
         return model.sample(labels[:n], solver=solver, grid=grid, guidance_scale=scale, seeds=seeds[:n],
                             batch_size=250)
 
-    # ---------------------------------------------------------------- pixel model
+    res["parts"] = sorted(parts)
+    res["train_images_per_s"], res["train_seconds"], res["sample_images_per_s"] = {}, {}, {}
+    scale = a.cfg_scale
+    if "pixel" in parts:
+        scale = pixel_part(a, st, res, task, base, data, ref, labels, seeds, train, gen, out_json, out_dir, scale)
+    if "latent" in parts:
+        latent_part(a, st, res, task, data, ref, labels, seeds, train, gen, out_json, out_dir,
+                    scale if scale is not None else base.sample.guidance_scale)
+    res["wall_s"] = time.perf_counter() - t_start
+    write_json(out_json, res)
+    print_table(res)
+    return 0
+
+
+def pixel_part(a, st, res, task, base, data, ref, labels, seeds, train, gen, out_json, out_dir, scale):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    from imaging.metrics import image_metrics
+    from imaging.model import per_sample_generators
+    from shared import grid as G
+    from shared import solvers as S
+    from shared.interop.diffusers import run_scheduler_loop
+    from shared.param import convert
+    from shared.sample import count_nfe, prior
+
     model, dt, n_img = train(base, "pixel")
-    res["train_images_per_s"] = {"pixel": n_img / dt}
-    res["train_seconds"] = {"pixel": dt}
+    task.save(model, base, out_dir / "pixel_model")
+    res["train_images_per_s"]["pixel"] = n_img / dt
+    res["train_seconds"]["pixel"] = dt
     res["pixel_params"] = sum(p.numel() for p in model.denoiser.parameters())
 
     # CFG scale scan with DPM-Solver++(2M), fd_steps steps
     dpm = S.make("dpmpp_2m")
     g_fd = G.make("uniform", st["fd_steps"], process=model.process)
     scan = {}
-    for s in st["scales"]:
+    for s in ([] if scale is not None else st["scales"]):
         x = gen(model, dpm, g_fd, s, st["n_scan"])
         m = image_metrics(x.clamp(-1, 1), ref, labels[: st["n_scan"]])
         scan[str(s)] = {"class_accuracy": m["class_accuracy"], "fd": m["fd"]}
         print(f"[cfg scan] scale {s}: acc {m['class_accuracy']:.3f} fd {m['fd']:.2f}", flush=True)
-    ok = [float(s) for s, v in scan.items() if v["class_accuracy"] >= 0.95]
-    scale = min(ok) if ok else float(max(scan, key=lambda s: scan[s]["class_accuracy"]))
+    if scale is None:
+        ok = [float(s) for s, v in scan.items() if v["class_accuracy"] >= 0.95]
+        scale = min(ok) if ok else float(max(scan, key=lambda s: scan[s]["class_accuracy"]))
     res["cfg_scan"], res["cfg_scale"] = scan, scale
     write_json(out_json, res)
 
@@ -150,7 +193,7 @@ def main(argv=None) -> int:
     m = image_metrics(x.clamp(-1, 1), ref, labels)
     res.update(fd_pixel=m["fd"], cond_accuracy=m["class_accuracy"], precision_pixel=m["precision"],
                recall_pixel=m["recall"])
-    res["sample_images_per_s"] = {f"pixel_dpmpp_2m_{st['fd_steps']}steps_cfg": st["n_eval"] / sample_dt}
+    res["sample_images_per_s"][f"pixel_dpmpp_2m_{st['fd_steps']}steps_cfg"] = st["n_eval"] / sample_dt
     task.plot(x, data, out_dir / "pixel_samples.png")
     print(f"[pixel] fd {m['fd']:.2f} acc {m['class_accuracy']:.3f} P {m['precision']:.2f} R {m['recall']:.2f}", flush=True)
     write_json(out_json, res)
@@ -176,7 +219,8 @@ def main(argv=None) -> int:
                      prediction_type="epsilon", timestep_spacing="trailing")
     dif = {}
     n = st["n_eval"]
-    for name, cls in (("ddim", DDIMScheduler), ("dpmpp_2m", DPMSolverMultistepScheduler)):
+    for name, cls in (("ddim", DDIMScheduler), ("ddim_clip_sample", DDIMScheduler),
+                      ("dpmpp_2m", DPMSolverMultistepScheduler)):
         outs = []
         for s0 in range(0, n, 250):
             y = labels[s0:s0 + 250]
@@ -188,7 +232,8 @@ def main(argv=None) -> int:
                 t = proc.t_of_index(k).to(torch.float32)
                 return convert(den(inp, t), "x0", "eps", inp, t, proc)
 
-            extra = {"algorithm_type": "dpmsolver++", "solver_order": 2} if name == "dpmpp_2m" else {}
+            extra = {"ddim": {"clip_sample": False}, "ddim_clip_sample": {"clip_sample": True},
+                     "dpmpp_2m": {"algorithm_type": "dpmsolver++", "solver_order": 2}}[name]
             sched = cls(**sched_cfg, **extra)
             with torch.no_grad():
                 outs.append(run_scheduler_loop(sched, eps_fn, x_T, 10))
@@ -196,15 +241,24 @@ def main(argv=None) -> int:
         dif[name] = image_metrics(x.clamp(-1, 1), ref)["fd"]
         print(f"[diffusers] {name} 10 steps: fd {dif[name]:.2f}", flush=True)
     res["diffusers_fd_nfe10"] = dif
-    ours10 = {k: v[str(10)] for k, v in fd_nfe.items() if "10" in v}
+    ours10 = {k: v["10"] for k, v in fd_nfe.items() if "10" in v}
     ours10.update({f"heun_nfe9": fd_nfe["heun"].get("9")} if "9" in fd_nfe.get("heun", {}) else {})
     res["ours_fd_nfe10"] = ours10
     vals = [v for v in ours10.values() if v is not None]
     res["ours_best_fd_nfe10"] = min(vals) if vals else None
     res["goal_nfe10_met"] = bool(vals) and min(vals) <= min(dif.values())
     write_json(out_json, res)
+    return scale
 
-    # ---------------------------------------------------------------- latent model
+
+def latent_part(a, st, res, task, data, ref, labels, seeds, train, gen, out_json, out_dir, scale):
+    from imaging.metrics import image_metrics
+    from shared import grid as G
+    from shared import solvers as S
+    from shared.config import apply_overrides
+
+    dpm = S.make("dpmpp_2m")
+    res["cfg_scale_latent"] = scale
     lat_cfg = task.config("latent")
     over = {"train.steps": st["latent_steps"], "train.batch_size": st["batch"],
             "vae_train.steps": st["vae_steps"], "vae_train.batch_size": st["batch"]}
@@ -214,6 +268,7 @@ def main(argv=None) -> int:
         lat_cfg = apply_overrides(lat_cfg, over)
     t0 = time.perf_counter()
     lat, dt, n_img = train(lat_cfg, "latent")
+    task.save(lat, lat_cfg, out_dir / "latent_model")
     res["train_seconds"]["latent_total"] = dt
     res["train_images_per_s"]["latent_total"] = n_img / dt
     res["autoencoder_val_mse"] = getattr(lat, "autoencoder_val_mse", None)
@@ -226,11 +281,7 @@ def main(argv=None) -> int:
                recall_latent=m["recall"])
     task.plot(x, data, out_dir / "latent_samples.png")
     print(f"[latent] fd {m['fd']:.2f} acc {m['class_accuracy']:.3f}", flush=True)
-
-    res["wall_s"] = time.perf_counter() - t_start
     write_json(out_json, res)
-    print_table(res)
-    return 0
 
 
 def print_table(r: dict) -> None:
