@@ -153,3 +153,29 @@ def test_generate_needs_data(trained):
     g = G.make("uniform", 1, process=model.process)
     with pytest.raises(ValueError, match="needs data"):
         task.generate(model, 1, solver=solvers.make("ddim"), grid=g, data=None)
+
+
+def test_one_to_many_matching_and_config_checks():
+    from medical.configs import LossConfig, MedicalConfig, DataConfig
+    from medical.detection import hungarian_match
+
+    gt = torch.tensor([[10.0, 10.0, 30.0, 30.0]])
+    boxes = torch.tensor([[10.0, 10.0, 30.0, 31.0], [0.0, 0.0, 5.0, 5.0], [11.0, 10.0, 30.0, 30.0]])
+    logits = [torch.zeros(3, 4), torch.zeros(3, 8), torch.zeros(3, 4)]
+    labels = torch.tensor([[0, 0, 0]])
+    r, c = hungarian_match(boxes, logits, gt, labels, (100, 50), LossConfig(match_k=2))
+    assert sorted(r.tolist()) == [0, 2] and c.tolist() == [0, 0]
+    with pytest.raises(ValueError, match="curriculum"):
+        LossConfig(curriculum=(0.6, 0.2))
+    with pytest.raises(ValueError, match="image_size"):
+        DataConfig(image_size=(256,))
+    from shared.config import from_dict, to_dict
+
+    assert from_dict(MedicalConfig, to_dict(MedicalConfig())) == MedicalConfig()
+
+
+def test_import_is_light():
+    import subprocess
+
+    code = "import sys, medical; assert 'monai' not in sys.modules and 'scipy' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
