@@ -27,6 +27,11 @@ class ModelConfig:
               ``<= window - norm_len`` long and longer horizons continue autoregressively).
     process:  ``shared.process.make`` kind; ``schedule`` is the DDPM beta schedule when
               ``process == 'discrete_vp'``.
+    prediction: network output type. ``edm`` (EDM preconditioning, Karras et al. 2022) is the
+              default: a narrow MLP cannot carry the ``L``-dimensional noise through its
+              ``hidden``-wide stream, which eps / v prediction need at high noise; the
+              preconditioned skip ``c_skip x`` carries it instead.
+    sigma_data: data std for EDM preconditioning (windows are normalised, std about 1).
     """
 
     window: int = 432
@@ -38,7 +43,8 @@ class ModelConfig:
     dropout: float = 0.0
     process: Literal["discrete_vp", "linear_vp", "cosine_vp"] = "discrete_vp"
     schedule: Literal["linear", "scaled_linear", "cosine", "sigmoid"] = "linear"
-    prediction: Literal["eps", "x0", "v"] = "eps"
+    prediction: Literal["eps", "x0", "v", "edm"] = "edm"
+    sigma_data: float = 1.0
     time_sampler: Literal["uniform", "stratified", "lognormal", "logit_normal"] = "uniform"
     weighting: Literal["simple", "min_snr", "likelihood"] = "simple"
 
@@ -83,13 +89,13 @@ class ForecastConfig:
     batch_size:      rows (series x samples) per sampling batch.
     """
 
-    method: Literal["inpaint", "repaint", "mse", "quantile"] = "inpaint"
+    method: Literal["inpaint", "repaint", "mse", "quantile"] = "mse"
     solver: str = "ddpm"
     grid: str = "uniform"
     steps: int = 50
     num_samples: int = 16
     guidance_scale: float = 1.0
-    guidance_min_alpha: float = 0.3
+    guidance_min_alpha: float = 0.0
     resample: int = 2
     batch_size: int = 4096
 

@@ -88,7 +88,7 @@ def _normalise(ctx: np.ndarray, norm_len: int):
 def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *, num_samples: int = 16,
              method: str = "inpaint", solver="ddpm", grid="uniform", steps: int = 50,
              guidance_scale: float = 1.0, resample: int = 2, quantiles: Sequence[float] = (0.5,),
-             guidance_min_alpha: float = 0.3, generator=None, batch_size: int = 4096,
+             guidance_min_alpha: float = 0.0, generator=None, batch_size: int = 4096,
              progress: bool = False) -> np.ndarray:
     """Sample ``num_samples`` future paths for every series.
 
@@ -99,7 +99,8 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
         method: one of :data:`METHODS`.
         solver: a kernel solver object or name (``shared.solvers.SOLVERS``).
         grid: a decreasing time tensor or a grid name (``shared.grid.GRIDS``, with ``steps``).
-        guidance_scale: energy scale for ``mse`` / ``quantile``.
+        guidance_scale: energy scale for ``mse`` / ``quantile`` (the energy is weighted by
+            :func:`noise_weighted`, so 0.1 - 0.5 is a sensible range at every noise level).
         resample: RePaint repetitions per step.
         quantiles: levels of the ``quantile`` energy.
         guidance_min_alpha: energy guidance acts only where ``alpha(t) >= guidance_min_alpha``
@@ -159,6 +160,21 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
     return out.reshape(N, S, horizon)
 
 
+def noise_weighted(energy_fn, process, kind: str = "mse", r: float = 0.1):
+    """Observation energy weighted by the noise level ``k = sigma / alpha`` so that, with the
+    kernel's ``sigma^2 / alpha`` factor, one guidance scale works from pure noise to data.
+
+    ``mse`` (squared energy): divided by the x0_hat error variance ``k^2 + r^2`` (pseudo-inverse
+    guidance's ``r_t^2``, Song et al. 2023); the step on x0_hat is about
+    ``2 * scale * (x0_hat - y)``. ``quantile`` (linear energy): divided by
+    ``k sqrt(1 + k^2) + r^2``; the step is about ``scale * q * k / sqrt(1 + k^2)``."""
+    def e(x0, x, t):
+        k = process.sigma(t) / process.alpha(t)
+        w = 1.0 / (k * k + r * r) if kind == "mse" else 1.0 / (k * (1 + k * k).sqrt() + r * r)
+        return energy_fn(x0, x, t) * w.to(x0.dtype)
+    return e
+
+
 def _alpha_interval(process, min_alpha: float):
     """Time interval ``(0, t*)`` with ``alpha(t*) = min_alpha`` (None: no restriction)."""
     if min_alpha <= 0:
@@ -179,5 +195,6 @@ def _sample_one(model, x_T, g, solver, method, known, mask, gen, scale, resample
         return sample(den, x_T, g, rp, process=model.process, space=model.space, generator=gen)
     e = guidance.observation_mse(known, mask) if method == "mse" else \
         guidance.observation_quantile(known, mask, list(quantiles))
+    e = noise_weighted(e, model.process, method)
     gd = guidance.energy(den, e, scale, interval=interval, process=model.process, space=model.space)
     return sample(gd, x_T, g, solver, process=model.process, space=model.space, generator=gen)

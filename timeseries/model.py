@@ -43,7 +43,8 @@ class GPDModel(nn.Module):
         self.cfg = cfg
         net = MLPDiffusionNet(length=cfg.window, hidden=cfg.hidden, depth=cfg.depth, expansion=cfg.expansion,
                               time_dim=cfg.time_dim, dropout=cfg.dropout)
-        self.denoiser = Denoiser(net, make_process(cfg), cfg.prediction, space=Euclidean())
+        self.denoiser = Denoiser(net, make_process(cfg), cfg.prediction, space=Euclidean(),
+                                 sigma_data=cfg.sigma_data)
 
     @property
     def process(self):

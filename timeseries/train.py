@@ -45,9 +45,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from shared.training import Trainer
 
+    from .data import DataError
+
     out = Path(args.out)
     t0 = time.perf_counter()
-    data = task.load_data(cfg)
+    try:
+        data = task.load_data(cfg)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     model = task.build(cfg)
     trainer = Trainer(cfg.train, out, config_to_save=cfg, meta={"domain": "timeseries", "preset": args.preset},
                       progress=False if args.no_progress else None)
