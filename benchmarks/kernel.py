@@ -62,8 +62,8 @@ def _image_gmm(dim: int) -> GMM:
 def error_vs_diffusers(nfes, n_samples):
     from diffusers import DPMSolverMultistepScheduler
 
-    from shared.interop.diffusers import (eps_fn_denoiser, initial_state,
-                                          process_from_scheduler_config, run_scheduler_loop)
+    from shared.interop.diffusers import (eps_fn_denoiser, process_from_scheduler_config,
+                                          run_scheduler_loop, scheduler_grid)
 
     sc = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)
     proc = process_from_scheduler_config(sc.config)
@@ -79,24 +79,26 @@ def error_vs_diffusers(nfes, n_samples):
         return (x - a * x0) / s
 
     z = torch.randn(n_samples, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
-    x_T = z  # VP, unit noise at t = 1 for both loops (DPM-Solver's init_noise_sigma is 1)
+    x_T = z  # VP: unit noise at t = 1 for both loops (DPM-Solver's init_noise_sigma is 1)
     ref = sample(eps_fn_denoiser(eps_fn, proc), x_T, G.make("log_snr", 2048, process=proc),
                  S.make("heun"), process=proc)
     rms = lambda a: float((a - ref).pow(2).mean().sqrt())  # noqa: E731
     res = {}
     for nfe in nfes:
-        theirs = run_scheduler_loop(DPMSolverMultistepScheduler(algorithm_type="dpmsolver++",
-                                                                solver_order=2), eps_fn,
-                                    z, nfe)
+        sc_n = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)
+        theirs = run_scheduler_loop(sc_n, eps_fn, z, nfe)
         e_theirs = rms(theirs)
         ours = {}
         for gname in ("uniform", "log_snr", "karras", "quadratic", "linspace"):
             x = sample(eps_fn_denoiser(eps_fn, proc), x_T, G.make(gname, nfe, process=proc),
                        S.make("dpmpp_2m"), process=proc)
             ours[gname] = rms(x)
+        # the same timesteps as diffusers (a parity check: the ratio should be ~1)
+        same = sample(eps_fn_denoiser(eps_fn, proc), x_T, scheduler_grid(sc_n, proc),
+                      S.make("dpmpp_2m"), process=proc)
         best = min(ours, key=ours.get)
         res[nfe] = {"diffusers": e_theirs, "ours": ours, "best_grid": best,
-                    "ratio": ours[best] / e_theirs}
+                    "ratio": ours[best] / e_theirs, "ratio_same_timesteps": rms(same) / e_theirs}
     return res
 
 
@@ -160,6 +162,7 @@ def main(argv=None):
         e = errs[nfe]
         print(f"| err ratio DPM++2M NFE {nfe} (ours {e['best_grid']} / diffusers) | "
               f"{e['ratio']:.3f} ({min(e['ours'].values()):.2e} / {e['diffusers']:.2e}) | <= 1.0 |")
+        print(f"| same ratio on diffusers' own timesteps (parity) | {e['ratio_same_timesteps']:.3f} | ~1 |")
     for k, v in ovh.items():
         print(f"| overhead per step {k} (ours / diffusers) | {v['ratio']:.2f} "
               f"({v['ours_us']:.0f} us / {v['diffusers_us']:.0f} us) | <= 0.5 |")
