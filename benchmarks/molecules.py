@@ -53,15 +53,15 @@ def bench_config(quick: bool):
             graph=C.GraphConfig(hidden=48, edge_hidden=24, layers=3, heads=4),
             predictor=C.PredictorConfig(hidden=48, edge_hidden=24, layers=2, heads=4),
             smiles=C.SmilesConfig(d_model=64, layers=2, heads=4),
-            train=TrainConfig(steps=150, batch_size=64, lr=2e-3, warmup_steps=20, lr_schedule="cosine",
+            train=TrainConfig(steps=150, batch_size=64, lr=3e-3, warmup_steps=20, lr_schedule="cosine",
                               ema_decay=0.0, log_every=25, device="cpu"))
     return dataclasses.replace(
         base,
-        graph=C.GraphConfig(hidden=96, edge_hidden=48, layers=4, heads=4),
+        graph=C.GraphConfig(hidden=64, edge_hidden=32, layers=3, heads=4),
         predictor=C.PredictorConfig(hidden=64, edge_hidden=32, layers=3, heads=4),
         smiles=C.SmilesConfig(d_model=96, layers=3, heads=4),
-        train=TrainConfig(steps=2000, batch_size=64, lr=1e-3, warmup_steps=100, lr_schedule="cosine",
-                          ema_decay=0.999, log_every=100, device="cpu"))
+        train=TrainConfig(steps=1500, batch_size=64, lr=3e-3, warmup_steps=50, lr_schedule="cosine",
+                          ema_decay=0.995, log_every=100, device="cpu"))
 
 
 def null_model(data, n: int, seed: int):
@@ -94,6 +94,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", required=True, help="where to write the results")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a busy CPU)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=None, help="override the number of training steps")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_all, c_all = time.perf_counter(), time.process_time()
@@ -108,6 +109,8 @@ def main(argv=None) -> dict:
     n_graph, n_cond = (200, 100) if quick else (1000, 500)
     task = MoleculesTask()
     cfg = bench_config(quick)
+    if args.steps is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=args.steps))
     t0 = time.perf_counter()
     data = task.load_data(cfg)
     data.extra["novelty_vs_qm9"] = not quick

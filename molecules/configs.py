@@ -126,7 +126,7 @@ def default() -> MoleculesConfig:
         graph=GraphConfig(hidden=64, edge_hidden=32, layers=3, heads=4),
         predictor=PredictorConfig(hidden=48, edge_hidden=24, layers=2, heads=4),
         smiles=SmilesConfig(d_model=64, layers=2, heads=4),
-        train=TrainConfig(steps=400, batch_size=64, lr=1e-3, warmup_steps=30, lr_schedule="cosine",
+        train=TrainConfig(steps=400, batch_size=64, lr=3e-3, warmup_steps=30, lr_schedule="cosine",
                           ema_decay=0.99, log_every=50),
         sample_steps=50,
     )
