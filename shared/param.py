@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .process import NoiseProcess
+from .process import NoiseProcess, uniform_value
 from .spaces import Euclidean, Space, coef
 
 PREDICTIONS = ("eps", "x0", "v", "score", "flow", "edm")
@@ -46,7 +46,7 @@ def _check_pred(name: str) -> None:
 
 
 def _is_zero_somewhere(a: Tensor) -> bool:
-    u = getattr(a, "_uniform", None)
+    u = uniform_value(a)
     return u == 0.0 if u is not None else bool((a == 0).any())
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "check_t",
     "make",
     "sigma_range",
+    "uniform_value",
 ]
 
 
@@ -55,43 +56,49 @@ _FAST = ("alpha", "sigma", "log_snr")
 _CACHE_MAX = 8192
 
 
+_UNIFORM: dict[int, tuple[Tensor, float]] = {}
+
+
+def uniform_value(c) -> float | None:
+    """The Python float of a cached uniform coefficient returned by a process (see
+    :func:`_fast_path`), else None. Identity-checked, so a recycled ``id`` can never match."""
+    e = _UNIFORM.get(id(c))
+    return e[1] if e is not None and e[0] is c else None
+
+
 def _fast_path(fn):
     """Evaluate ``fn`` once per distinct time when ``t`` is a CPU tensor holding one value
     repeated (a ``[B]`` expand of a grid time, as in sampling): the value is computed by the same
-    float64 code on one element, cached per process and returned expanded (read-only, stride 0),
-    tagged with its Python value in ``._uniform`` so hot loops can multiply by a float instead of
+    float64 code on one element, cached per process and returned expanded (read-only, stride 0);
+    :func:`uniform_value` gives its Python float so hot loops can multiply by a float instead of
     broadcasting a tensor. CUDA tensors take the plain path (reading the value would sync)."""
-
     name = fn.__name__
 
     def wrapper(self, t):
         d = self.__dict__
-        # 1) the very same time tensor as a moment ago (solver and denoiser share it per step)
         memo = d.get("_memo")
-        if memo is not None:
-            ent = memo.get(id(t))
-            if ent is not None and ent[0] is t and ent[1] == t._version and name in ent[2]:
-                return ent[2][name]
+        if memo is not None:  # the very tensor seen a moment ago (solver and denoiser share it)
+            ent = memo.get((id(t), name))
+            if ent is not None and ent[0] is t and ent[1] == t._version:
+                return ent[2]
         if (torch.is_tensor(t) and t.ndim == 1 and t.device.type == "cpu" and t.shape[0] > 0
                 and not t.requires_grad and (t.shape[0] == 1 or t.stride(0) == 0)):
-            # 2) a time value seen before (every step of every sampling call on the same grid)
-            cache = d.setdefault("_fast_cache", {})
+            cache = d.setdefault("_fast_cache", {})  # a time value seen before
             key = (name, float(t[0]), t.shape[0])
             v = cache.get(key)
             if v is None:
                 if len(cache) > _CACHE_MAX:
+                    for old in cache.values():
+                        _UNIFORM.pop(id(old), None)
                     cache.clear()
                 one = fn(self, t[:1])
                 v = one.expand(t.shape[0])
-                v._uniform = float(one)
+                _UNIFORM[id(v)] = (v, float(one))
                 cache[key] = v
             memo = d.setdefault("_memo", {})
-            if len(memo) > 16:
+            if len(memo) > 64:
                 memo.clear()
-            ent = memo.get(id(t))
-            if ent is None or ent[0] is not t or ent[1] != t._version:
-                ent = memo[id(t)] = (t, t._version, {})
-            ent[2][name] = v
+            memo[(id(t), name)] = (t, t._version, v)
             return v
         return fn(self, t)
 

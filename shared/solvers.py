@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .process import NoiseProcess
+from .process import NoiseProcess, uniform_value
 from .spaces import Space, coef
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
@@ -58,7 +58,7 @@ def _vals(*cs):
     """Per-sample coefficients as Python floats when every one is a cached uniform value (the
     usual case inside :func:`shared.sample.sample`), else the ``[B]`` tensors themselves. The
     formulas below are written once and work on either."""
-    us = [getattr(c, "_uniform", None) for c in cs]
+    us = [uniform_value(c) for c in cs]
     return cs if any(u is None for u in us) else us
 
 

@@ -23,6 +23,8 @@ from typing import Callable, Sequence, Union
 import torch
 from torch import Tensor
 
+from .process import uniform_value
+
 Generator = Union[torch.Generator, Sequence[torch.Generator], Callable, None]
 
 __all__ = [
@@ -42,7 +44,7 @@ def coef(c: Tensor, x: Tensor, space: "Space"):
     """``space.bcast(c, x)``, or the plain Python float when ``c`` is a cached uniform
     coefficient from a process (see ``shared.process``): multiplying by a float needs no
     broadcast copy, which is most of the per-step cost of a sampling loop on small tensors."""
-    u = getattr(c, "_uniform", None)
+    u = uniform_value(c)
     return u if u is not None else space.bcast(c, x)
 
 
