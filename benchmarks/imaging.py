@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     ap.add_argument("--pixel-steps", type=int, default=None, help="override the pixel UNet's training steps")
     ap.add_argument("--latent-steps", type=int, default=None, help="override the latent UNet's training steps")
     ap.add_argument("--vae-steps", type=int, default=None, help="override the autoencoder's training steps")
+    ap.add_argument("--batch", type=int, default=None, help="override the training batch size (CPU presets)")
     ap.add_argument("--n-eval", type=int, default=None, help="override the number of generated images per metric")
     ap.add_argument("--nfes", default=None, help="override the NFE list, e.g. 5,10")
     ap.add_argument("--scales", default=None, help="override the CFG scales scanned, e.g. 1,3")
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
 
     st = settings(a.quick, a.preset)
     for key, val in (("pixel_steps", a.pixel_steps), ("latent_steps", a.latent_steps), ("vae_steps", a.vae_steps),
-                     ("n_eval", a.n_eval)):
+                     ("n_eval", a.n_eval), ("batch", a.batch)):
         if val is not None:
             st[key] = val
     if a.n_eval is not None:

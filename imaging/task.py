@@ -92,6 +92,10 @@ class ImagingTask:
 
     # ------------------------------------------------------------------ config & data
 
+    def compare_samples(self, preset_name: str) -> int:
+        """Images per cell of ``diffsuite compare`` (FD needs a few hundred to be stable)."""
+        return {"tiny": 32, "default": 200, "gpu": 2000}.get(preset_name, 200)
+
     def config(self, preset_name: str) -> C.ImagingConfig:
         """A preset of :mod:`imaging.configs`: tiny, default, gpu, latent."""
         return preset(C, preset_name)
