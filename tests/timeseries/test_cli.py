@@ -47,3 +47,13 @@ def test_forecast_on_cuda():
     s = forecast(m, [np.sin(np.arange(200) / 4.0)], 96, num_samples=4, steps=5,
                  generator=torch.Generator(device="cuda").manual_seed(0))
     assert s.shape == (1, 4, 96) and np.isfinite(s).all()
+
+
+def test_public_api_resolves():
+    import timeseries
+
+    for name in timeseries.__all__:
+        assert getattr(timeseries, name) is not None, name
+    from shared.registry import DomainTask
+
+    assert isinstance(timeseries.TimeseriesTask(), DomainTask)

@@ -49,8 +49,8 @@ def sine_model():
     return model.eval()
 
 
-@pytest.mark.parametrize("method", ["inpaint", "repaint", "mse"])
-def test_sine_forecast_beats_repeat_last(sine_model, method):
+@pytest.mark.parametrize("method,scale", [("inpaint", 0.0), ("repaint", 0.0), ("mse", 1.0), ("quantile", 3.0)])
+def test_sine_forecast_beats_repeat_last(sine_model, method, scale):
     rng = np.random.default_rng(1)
     t = np.arange(80)
     hist, fut = [], []
@@ -60,7 +60,7 @@ def test_sine_forecast_beats_repeat_last(sine_model, method):
         fut.append(y[56:])
     hist, fut = np.array(hist), np.array(fut)
     s = forecast(sine_model, hist, 24, num_samples=8, method=method, solver="ddpm", steps=20,
-                 guidance_scale=0.3, generator=0)  # 24 > window - norm_len: two chunks
+                 guidance_scale=scale, generator=0)  # 24 > window - norm_len: two chunks
     assert s.shape == (8, 8, 24) and np.isfinite(s).all()
     med = np.median(s, 1)
     err = np.mean((med - fut) ** 2)
