@@ -260,8 +260,6 @@ class ImagingTask:
             mean, std = self._posterior(model.autoencoder.vae, data.train.images, trainer.device)
             labels = data.train.labels if data.train.labels is not None else torch.zeros(len(mean), dtype=torch.long)
             dataset = LatentSet(mean, std, labels)
-        elif model.conditional_model is False and data.train.labels is None:
-            dataset = data.train
         trainer.fit(model.denoiser, self.diffusion_loss_fn(cfg, model), dataset)
         if trainer.ema_model is not None:
             model.denoiser.load_state_dict(trainer.ema_model.state_dict())

@@ -100,3 +100,20 @@ def test_diffusers_scheduler_loop_matches_our_solver(trained, name):
     x_T = prior((2, *model.data_shape), process=proc, generator=per_sample_generators(2, seeds=[11, 12]))
     theirs = run_scheduler_loop(sched, eps_fn, x_T, steps)
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("process,prediction,grid", [("discrete_vp", "v", "uniform"), ("edm", "edm", "karras"),
+                                                     ("flow", "flow", "uniform")])
+def test_other_prediction_types_train_and_sample(task, tiny_cfg, tiny_data, process, prediction, grid):
+    from shared.config import apply_overrides
+    from shared.training import Trainer
+
+    cfg = apply_overrides(tiny_cfg, {"diffusion.process": process, "diffusion.prediction": prediction,
+                                     "diffusion.time_sampler": "lognormal" if process == "edm" else "uniform",
+                                     "train.steps": 2})
+    model = task.build(cfg)
+    model = task.train(cfg, model, tiny_data, Trainer(cfg.train, None, progress=False))
+    assert all(math.isfinite(h["loss"]) for h in model.train_history)
+    out = model.sample([3, 4], solver=S.make("heun"), grid=G.make(grid, 2, process=model.process), guidance_scale=1.5,
+                       seeds=[0, 1])
+    assert out.shape == (2, 1, 16, 16) and torch.isfinite(out).all()
