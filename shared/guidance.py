@@ -24,7 +24,7 @@ from .spaces import Euclidean, Space
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 
 __all__ = [
-    "cfg", "classifier", "energy", "observation_mse", "observation_quantile",
+    "cfg", "self_conditioned", "classifier", "energy", "observation_mse", "observation_quantile",
     "experts_by_interval", "inpaint", "Resample", "RePaint", "clamp_x0", "dynamic_threshold",
     "project",
 ]
@@ -80,6 +80,21 @@ def cfg(denoiser, cond: Any, uncond: Any, scale: float, *, interval=None, rescal
             r = g * sp.bcast(std_c / std_g.clamp_min(1e-12), x)
             g = rescale * r + (1 - rescale) * g
         return g
+
+    return _attrs(d, denoiser)
+
+
+def self_conditioned(denoiser, cond: Any = None, **kw) -> DenoiseFn:
+    """Sampling with a self-conditioned network (Chen et al. 2022, Analog Bits): each call feeds
+    the previous call's x0_hat as ``self_cond=`` (zeros on the first). The memory lives in the
+    returned closure, so make one per sampling call; solvers stay stateless."""
+    prev: list[Tensor | None] = [None]
+
+    def d(x: Tensor, t: Tensor) -> Tensor:
+        sc = prev[0] if prev[0] is not None and prev[0].shape == x.shape else torch.zeros_like(x)
+        out = denoiser(x, t, cond, self_cond=sc, **kw)
+        prev[0] = out.detach()
+        return out
 
     return _attrs(d, denoiser)
 
