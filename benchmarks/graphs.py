@@ -26,7 +26,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
+# this file is named like the package it benchmarks: keep its folder off the import path
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import torch  # noqa: E402
 
 GOALS = {"cifar10": 94.3, "cifar100": 73.3, "imagenet16": 46.5}
 REGIMES = {
@@ -45,7 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--regimes", default=None, help=f"comma list of {', '.join(REGIMES)}")
     ap.add_argument("--datasets", default="cifar10,cifar100,imagenet16")
     ap.add_argument("--scale", type=float, default=None, help="guidance scale (default: the config's)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--preset", default="default")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -121,6 +125,8 @@ def main(argv=None) -> int:
                        "oracle_mean_acc": ev["oracle_mean_acc"], "labels": counts,
                        "t_train_s": t_train, "t_predictor_s": t_pred, "t_generate_s": t_gen}
                 rows.append(row)
+                _write(Path(args.json), {"partial": True, "rows": rows, "unguided": unguided,
+                                         "elapsed_s": time.perf_counter() - t_start})
                 print(f"  {regime:>20s} {ds:>10s}: best {ev['best_acc']:.2f} (top1 {ev['top1_acc']:.2f}) "
                       f"in {k} lookups, random {rnd:.2f}; valid {ev['validity']:.3f} uniq {ev['uniqueness']:.3f} "
                       f"mean {ev['oracle_mean_acc']:.2f}; labels {counts}; pred {t_pred:.0f}s gen {t_gen:.0f}s",
@@ -132,12 +138,17 @@ def main(argv=None) -> int:
                 "config": to_dict(cfg), "rows": rows, "threads": args.threads})
     _print_table(out, regimes, datasets)
     path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(out, indent=1) + "\n")
-    os.replace(tmp, path)
+    _write(path, out)
     print(f"wall time {wall:.0f}s; wrote {path}")
     return 0
+
+
+def _write(path: Path, obj) -> None:
+    """Atomic JSON write (a crash never leaves a half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def _loss(cfg):

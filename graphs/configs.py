@@ -47,6 +47,9 @@ class PredictorConfig:
     labels_target: labelled architectures of the target dataset (benchmark lookups; counted).
     labels_other:  labelled architectures from EACH of the two other datasets (transfer; counted
                    separately, on those datasets).
+    rank_weight:   weight of the pairwise logistic ranking loss (added to the MSE).
+    clean_fraction: share of each batch presented at ``t ~ 0`` (the rest at ``t ~ U(0, 1)``):
+                   the final ranking of generated cells is done on clean cells.
     Labels are drawn from the training split with ``seed``.
     """
 
@@ -59,6 +62,7 @@ class PredictorConfig:
     labels_target: int = 100
     labels_other: int = 0
     rank_weight: float = 1.0
+    clean_fraction: float = 0.0
     seed: int = 0
 
 
@@ -125,10 +129,10 @@ def tiny() -> GraphsConfig:
 def default() -> GraphsConfig:
     """About a minute on a 2-core CPU (the demo / `diffsuite compare`)."""
     return GraphsConfig(
-        model=ModelConfig(hidden=64, layers=3, heads=4),
-        predictor=PredictorConfig(hidden=64, layers=3, steps=1000, batch_size=128),
+        model=ModelConfig(hidden=64, layers=2, heads=4),
+        predictor=PredictorConfig(hidden=64, layers=3, steps=600, batch_size=128),
         search=SearchConfig(n_samples=256, steps=40),
-        train=TrainConfig(steps=1500, batch_size=128, lr=1e-3, warmup_steps=50, lr_schedule="cosine",
+        train=TrainConfig(steps=800, batch_size=128, lr=1e-3, warmup_steps=50, lr_schedule="cosine",
                           ema_decay=0.995, log_every=50, device="cpu", seed=0),
     )
 

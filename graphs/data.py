@@ -389,8 +389,8 @@ class NB201Lookup:
         self._check_ds(dataset)
         if not isinstance(arch, str):
             arch = ops_to_arch(arch)
-        parse_arch(arch)
         if arch not in self._index:
+            parse_arch(arch)  # raises a precise error for malformed strings
             raise ArchError(f"arch {arch!r} is not in the benchmark table")
         seen = self._seen[dataset]
         if arch not in seen:

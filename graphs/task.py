@@ -199,10 +199,14 @@ def _unwrap(m: nn.Module) -> nn.Module:
     return m.module if hasattr(m, "module") and isinstance(getattr(m, "module"), nn.Module) else m
 
 
-def _noisy(process: NoiseProcess, space, x0: Tensor, generator) -> tuple[Tensor, Tensor]:
-    """``(x_t, t)`` with ``t ~ U(0, 1)`` (``shared.loss.sample_t``) and
-    ``x_t = alpha x0 + sigma eps``, eps from the space."""
+def _noisy(process: NoiseProcess, space, x0: Tensor, generator, clean_fraction: float = 0.0) -> tuple[Tensor, Tensor]:
+    """``(x_t, t)`` with ``t ~ U(0, 1)`` (``shared.loss.sample_t``; the first
+    ``clean_fraction`` of the batch at ``t = 0``) and ``x_t = alpha x0 + sigma eps``, eps from
+    the space."""
     t = sample_t("uniform", x0.shape[0], process=process, generator=generator, device=x0.device)
+    n_clean = int(round(clean_fraction * x0.shape[0]))
+    if n_clean:
+        t = torch.cat([torch.zeros_like(t[:n_clean]), t[n_clean:]])
     eps = space.noise(x0, generator)
     x_t = space.bcast(process.alpha(t), x0) * x0 + space.bcast(process.sigma(t), x0) * eps
     return x_t, t.to(x0.dtype)
@@ -255,7 +259,7 @@ def train_predictor(model: GraphsModel, data: Splits, *, dataset: str | None = N
 
     def loss_fn(pred: nn.Module, batch, g: torch.Generator) -> Tensor:
         x0, y, d = batch
-        x_t, t = _noisy(process, space, x0, g)
+        x_t, t = _noisy(process, space, x0, g, p.clean_fraction)
         out = pred(space.project(x_t), t, d)  # [B]
         loss = (out - y) ** 2
         if rank_w > 0:
