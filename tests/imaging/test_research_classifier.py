@@ -10,6 +10,10 @@ from shared.process import DiscreteVP
 from shared.spaces import Euclidean
 from shared.testing import GMM
 
+# tests/conftest.py's pytest_configure sets torch threads to cores // workers (2 here), which runs
+# after tests/imaging/conftest.py; two threads on this shared box are ~20x slower than one.
+torch.set_num_threads(1)
+
 SHAPE = (1, 4, 4)
 
 
