@@ -197,6 +197,9 @@ class DiffusionDetNet(nn.Module):
         image_size: ``(W, H)`` of the input images.
         num_classes: classes per level (quadrant 4, tooth 8, diagnosis 4).
         signal_scale: box signal range ``[-scale, scale]``.
+        roi_levels: ``"assign"``: each box reads the FPN level of its size (boxes up to
+            ``roi_canonical`` px use the finest level, then one level per doubling);
+            ``"mean"``: average of all levels.
         other args: backbone / head sizes.
     """
 
@@ -204,8 +207,12 @@ class DiffusionDetNet(nn.Module):
                  in_channels: int = 1, layers: Sequence[int] = (1, 1, 1, 1), block_inplanes: Sequence[int] = (16, 32, 64, 128),
                  returned_layers: Sequence[int] = (1, 2, 3), fpn_channels: int = 64, d_model: int = 128,
                  num_heads: int = 4, pool: int = 7, num_stages: int = 2, time_dim: int = 128,
-                 feature_levels: int = 3):
+                 feature_levels: int = 3, roi_levels: str = "assign", roi_canonical: float = 32.0):
         super().__init__()
+        if roi_levels not in ("assign", "mean"):
+            raise ValueError(f"roi_levels must be 'assign' or 'mean', got {roi_levels!r}")
+        self.roi_levels = roi_levels
+        self.roi_canonical = float(roi_canonical)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.signal_scale = float(signal_scale)
         self.pool = pool
@@ -227,7 +234,14 @@ class DiffusionDetNet(nn.Module):
         return {"features": feats}
 
     def _roi(self, feats: list[Tensor], boxes: Tensor) -> Tensor:
-        return sum(roi_sample(f, boxes, self.image_size, self.pool) for f in feats) / len(feats)
+        rois = [roi_sample(f, boxes, self.image_size, self.pool) for f in feats]  # each [B, N, C, P, P]
+        if self.roi_levels == "mean" or len(rois) == 1:
+            return sum(rois) / len(rois)
+        # FPN level assignment (Lin et al. 2017, eq. 1): level = floor(log2(sqrt(w h) / canonical))
+        wh = (boxes[..., 2:] - boxes[..., :2]).clamp_min(1e-3)
+        lvl = torch.floor(torch.log2(wh.prod(-1).sqrt() / self.roi_canonical)).clamp(0, len(rois) - 1)
+        onehot = F.one_hot(lvl.long(), len(rois)).to(rois[0].dtype)  # [B, N, L]
+        return torch.einsum("bnl,lbncxy->bncxy", onehot, torch.stack(rois))
 
     def forward(self, x: Tensor, t: Tensor, cond: dict, aux: dict | None = None) -> Tensor:
         if x.ndim != 3 or x.shape[-1] != 4:

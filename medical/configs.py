@@ -56,6 +56,7 @@ class ModelConfig:
     num_stages: int = 2
     num_proposals: int = 50
     signal_scale: float = 2.0
+    roi_levels: str = "assign"
     schedule: str = "cosine"
     num_train_timesteps: int = 1000
 

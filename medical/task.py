@@ -41,7 +41,7 @@ class MedicalModel(nn.Module):
         net = DiffusionDetNet(image_size=cfg.data.image_size, num_classes=tuple(NUM_CLASSES[lv] for lv in LEVELS),
                               signal_scale=m.signal_scale, layers=m.layers, block_inplanes=m.block_inplanes,
                               fpn_channels=m.fpn_channels, d_model=m.d_model, num_heads=m.num_heads, pool=m.pool,
-                              num_stages=m.num_stages)
+                              num_stages=m.num_stages, roi_levels=m.roi_levels)
         self.process = DiscreteVP.from_betas(m.schedule, m.num_train_timesteps)
         self.space = Euclidean()
         self.denoiser = Denoiser(net, self.process, prediction="x0", space=self.space)
