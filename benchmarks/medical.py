@@ -44,7 +44,7 @@ from shared.config import TrainConfig  # noqa: E402
 from shared.training import Trainer  # noqa: E402
 
 
-def build_config(quick: bool, cache_dir: str):
+def build_config(quick: bool, cache_dir: str, steps: int = 0, n_train: int = 0, n_test: int = 0):
     cfg = default_cfg()
     if quick:
         data = replace(cfg.data, n_train=64, n_val=0, n_test=12, cache_dir=cache_dir)
@@ -52,6 +52,10 @@ def build_config(quick: bool, cache_dir: str):
     else:
         data = replace(cfg.data, n_train=300, n_val=0, n_test=40, cache_dir=cache_dir)
         train = replace(cfg.train, steps=800, warmup_steps=40, log_every=50)
+    if steps:
+        train = replace(train, steps=steps, warmup_steps=min(train.warmup_steps, steps // 10))
+    if n_train or n_test:
+        data = replace(data, n_train=n_train or data.n_train, n_test=n_test or data.n_test)
     return replace(cfg, data=data, train=train)
 
 
@@ -145,12 +149,15 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--cache", default="", help="phantom cache folder (default: a temp folder)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=0, help="override the training steps (both methods)")
+    p.add_argument("--n-train", type=int, default=0, help="override the number of training phantoms")
+    p.add_argument("--n-test", type=int, default=0, help="override the number of test phantoms")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
     cache = args.cache or os.path.join(tempfile.gettempdir(), "diffsuite_medical_bench")
-    cfg = build_config(args.quick, cache)
+    cfg = build_config(args.quick, cache, args.steps, args.n_train, args.n_test)
     task = MedicalTask()
     data = task.load_data(cfg)
     test = data.test
