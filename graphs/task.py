@@ -11,16 +11,14 @@ cells are decoded, validated, de-duplicated, ranked by the predictor and the top
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from shared import guidance as G
-from shared.config import ConfigError, TrainConfig, from_dict, preset
+from shared.config import TrainConfig, from_dict, preset
 from shared.loss import diffusion_loss, sample_t
 from shared.param import Denoiser
 from shared.process import NoiseProcess
@@ -31,9 +29,9 @@ from shared.spaces import Masked
 
 from . import configs as C
 from .backbones import CellPredictor, CellTransformer
-from .data import (DATASETS, INPUT, N_NODES, N_TYPES, OPS, OUTPUT, NB201Lookup, NB201Table, ArchError,
-                   decode, is_valid, load_nb201, load_split_permutation, ops_to_arch, ops_to_onehot,
-                   to_signed)
+from .data import (DATASETS, INPUT, N_NODES, N_TYPES, OUTPUT, NB201Lookup, NB201Table, decode, is_valid,
+                   load_nb201, load_split_permutation, ops_to_arch, ops_to_onehot, to_signed)
+from .metrics import novelty, uniqueness, validity
 
 __all__ = ["GraphsTask", "GraphsModel", "CellSamples", "Guidance", "cell_space", "train_predictor",
            "search", "random_search", "rank_and_lookup", "FIXED_MASK", "FIXED_TYPES"]
@@ -115,14 +113,15 @@ class GraphsModel(nn.Module):
         return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
 
     def predict_accuracy(self, ops: Tensor, dataset: str) -> Tensor:
-        """Predicted accuracy in % of clean cells ``ops: [B, 8]`` (t = 0); standardised units
-        when the predictor has no label of ``dataset`` (transfer)."""
+        """Predicted accuracy of clean cells ``ops: [B, 8]`` (t = 0): in % with
+        ``label_transform="zscore"``, else (and in transfer) in the predictor's standardised
+        units (monotone in the predicted accuracy)."""
         d = DS_NAMES.index(dataset)
         x = to_signed(ops_to_onehot(ops)).to(self.label_mean.device)
         with torch.no_grad():
             z = self.predict(x, torch.zeros(x.shape[0], device=x.device), dataset)
-        if int(self.label_counts[d]) == 0:
-            return z  # transfer: no scale for this dataset, standardised units
+        if int(self.label_counts[d]) == 0 or self.cfg.predictor.label_transform != "zscore":
+            return z  # standardised units (transfer, or rank-gaussianised labels)
         return z * self.label_std[d] + self.label_mean[d]
 
 
@@ -212,6 +211,23 @@ def _noisy(process: NoiseProcess, space, x0: Tensor, generator, clean_fraction: 
     return x_t, t.to(x0.dtype)
 
 
+def _rank_gauss(y: Tensor) -> Tensor:
+    """Labels ``[n]`` -> standard-normal quantiles of their (average) ranks, ``[n]``."""
+    n = y.numel()
+    if n == 1:
+        return torch.zeros(1)
+    order = torch.argsort(y, stable=True)
+    r = torch.empty(n, dtype=torch.float64)
+    r[order] = torch.arange(n, dtype=torch.float64)
+    ys = y[order]
+    # ties share their mean rank
+    _, inv, cnt = torch.unique_consecutive(ys, return_inverse=True, return_counts=True)
+    mean_rank = torch.zeros(cnt.numel(), dtype=torch.float64).index_add_(0, inv, r[order]) / cnt
+    r[order] = mean_rank[inv]
+    u = (r + 0.5) / n
+    return (math.sqrt(2.0) * torch.erfinv(2 * u - 1)).float()
+
+
 def _label_indices(train_idx: Tensor, n: int, seed: int) -> Tensor:
     g = torch.Generator().manual_seed(int(seed))
     return train_idx[torch.randperm(train_idx.numel(), generator=g)[:n]]
@@ -250,7 +266,7 @@ def train_predictor(model: GraphsModel, data: Splits, *, dataset: str | None = N
         mu, sd = y.mean(), y.std() if n > 1 else torch.tensor(1.0)
         model.label_mean[k], model.label_std[k] = mu, sd.clamp_min(1e-3)
         xs.append(to_signed(ops_to_onehot(table.ops[idx])))
-        ys.append((y - mu) / sd.clamp_min(1e-3))
+        ys.append(_rank_gauss(y) if p.label_transform == "rank_gauss" else (y - mu) / sd.clamp_min(1e-3))
         ds.append(torch.full((n,), k, dtype=torch.long))
     model.label_counts.copy_(torch.tensor([counts[n] for n in DS_NAMES]))
     dset = torch.utils.data.TensorDataset(torch.cat(xs), torch.cat(ys), torch.cat(ds))
@@ -408,18 +424,16 @@ class GraphsTask:
         train_archs = data.extra["train_archs"]
         ds = samples.dataset
         n = len(samples)
-        n_valid = int(samples.valid.sum())
         archs = [a for a in samples.archs() if a is not None]
-        uniq = set(archs)
         lookup = NB201Lookup(table)
         top = rank_and_lookup(samples, lookup)
         best = max((a for _, a in top), default=float("nan"))
         idx = table.index()
         acc = table.acc[ds]
         out = {
-            "validity": n_valid / n if n else 0.0,
-            "uniqueness": len(uniq) / n_valid if n_valid else 0.0,
-            "novelty": len(uniq - train_archs) / len(uniq) if uniq else 0.0,
+            "validity": validity(samples.ops),
+            "uniqueness": uniqueness(archs),
+            "novelty": novelty(archs, train_archs),
             "best_acc": best,
             f"best_acc_{ds}": best,
             f"lookups_{ds}": float(lookup.count(ds)),

@@ -9,7 +9,7 @@ import torch
 from graphs.data import (ADJACENCY, DATASETS, EDGE_INDEX, N_NODES, N_TYPES, OPS, ArchError, NB201Lookup,
                          arch_to_onehot, arch_to_ops, decode, expected_best_of_random, from_pyg, from_signed,
                          is_valid, load_nb201, load_split_permutation, onehot_to_arch, onehot_to_ops,
-                         ops_to_arch, ops_to_onehot, parse_arch, to_pyg, to_signed, validity_errors)
+                         ops_to_arch, ops_to_onehot, to_pyg, to_signed, validity_errors)
 
 BEST_C10 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
 
