@@ -179,3 +179,19 @@ def test_import_is_light():
 
     code = "import sys, medical; assert 'monai' not in sys.modules and 'scipy' not in sys.modules, sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_curriculum_masks_later_levels(trained):
+    from medical.task import collate
+
+    task, cfg, data, model, _ = trained
+    batch = collate([data.train[i] for i in range(2)])
+    masked = {**batch, "labels": [lab.clone() for lab in batch["labels"]]}
+    for lab in masked["labels"]:
+        lab[:, 1:] = -1
+    cur = replace(cfg, loss=replace(cfg.loss, curriculum=(0.5, 1.0)))
+    early = task.loss_fn(cur, step_fn=lambda: 0)(model, batch, torch.Generator().manual_seed(0))
+    by_hand = task.loss_fn(cfg)(model, masked, torch.Generator().manual_seed(0))
+    late = task.loss_fn(cur, step_fn=lambda: cfg.train.steps)(model, batch, torch.Generator().manual_seed(0))
+    full = task.loss_fn(cfg)(model, batch, torch.Generator().manual_seed(0))
+    assert torch.allclose(early, by_hand) and torch.allclose(late, full) and not torch.allclose(early, full)
