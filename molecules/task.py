@@ -20,7 +20,6 @@ the graph model, energy guidance through ``shared.guidance.energy``).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from shared import guidance as G
-from shared.config import from_dict, to_dict
+from shared.config import from_dict
 from shared.loss import diffusion_loss, drop_condition
 from shared.param import Denoiser
 from shared.process import make as make_process

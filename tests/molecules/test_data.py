@@ -1,7 +1,5 @@
 """Loaders, encodings and the graph space on the vendored QM9 files."""
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
