@@ -199,8 +199,19 @@ def main(argv=None) -> dict:
 
     _print_table(res)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=1, default=float) + "\n")
+    Path(args.json).write_text(json.dumps(_nan_to_none(res), indent=1, default=float) + "\n")
     return res
+
+
+def _nan_to_none(v):
+    """Strict JSON: NaN (e.g. R² with no valid molecule) becomes null."""
+    if isinstance(v, dict):
+        return {k: _nan_to_none(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_nan_to_none(x) for x in v]
+    if isinstance(v, float) and v != v:
+        return None
+    return v
 
 
 def _fmt(v) -> str:
