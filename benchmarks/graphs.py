@@ -120,7 +120,7 @@ def main(argv=None) -> int:
                 k = int(ev[f"lookups_{ds}"])
                 rnd = random_search(table, ds, k, torch.Generator().manual_seed(30_000 + seed))
                 row = {"seed": seed, "regime": regime, "dataset": ds, "best_acc": ev["best_acc"], "lookups": k,
-                       "top1_acc": ev["top1_acc"], "random_best_acc": rnd, "validity": ev["validity"],
+                       "top1_acc": ev["top1_acc"], "lookups_to_best": ev["lookups_to_best"], "random_best_acc": rnd, "validity": ev["validity"],
                        "uniqueness": ev["uniqueness"], "novelty": ev["novelty"],
                        "oracle_mean_acc": ev["oracle_mean_acc"], "labels": counts,
                        "t_train_s": t_train, "t_predictor_s": t_pred, "t_generate_s": t_gen}
@@ -178,6 +178,8 @@ def _summarise(rows, unguided, regimes, datasets, table, ebr):
             r[f"best_acc_{ds}"] = _mean(best)
             r[f"best_acc_{ds}_seeds"] = best
             r[f"lookups_{ds}"] = k
+            r[f"lookups_to_best_{ds}_seeds"] = [x.get("lookups_to_best") for x in sel]
+            r[f"top1_acc_{ds}"] = _mean([x["top1_acc"] for x in sel])
             r[f"hits_{ds}"] = sum(b >= GOALS[ds] - 1e-9 for b in best)
             r[f"random_best_acc_{ds}"] = _mean([x["random_best_acc"] for x in sel])
             r[f"random_best_acc_{ds}_seeds"] = [x["random_best_acc"] for x in sel]

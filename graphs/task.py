@@ -415,7 +415,8 @@ class GraphsTask:
     def evaluate(self, samples: CellSamples, data: Splits) -> dict[str, float]:
         """validity, uniqueness (of valid), novelty (unique valid cells not in the training split),
         ``best_acc`` / ``best_acc_<ds>`` (best of the top-k lookups), ``lookups_<ds>``,
-        ``top1_acc``, ``regret`` (optimum - best), ``labels_<ds>`` (predictor labels) and
+        ``top1_acc``, ``lookups_to_best`` (position of the best in the lookup order: the
+        architectures that had to be trained to find it), ``regret`` (optimum - best), ``labels_<ds>`` (predictor labels) and
         ``oracle_mean_acc`` (mean benchmark accuracy of all valid samples: an analysis number
         read from the table, not counted as lookups)."""
         if not isinstance(samples, CellSamples):
@@ -437,6 +438,7 @@ class GraphsTask:
             "best_acc": best,
             f"best_acc_{ds}": best,
             f"lookups_{ds}": float(lookup.count(ds)),
+            "lookups_to_best": float(1 + max(range(len(top)), key=lambda i: top[i][1])) if top else float("nan"),
             "top1_acc": top[0][1] if top else float("nan"),
             "regret": float(acc.max()) - best if top else float("nan"),
             "oracle_mean_acc": float(acc[[idx[a] for a in archs]].mean()) if archs else float("nan"),

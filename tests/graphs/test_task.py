@@ -164,3 +164,23 @@ def test_bad_inputs(setup, tmp_path):
         task.load(tmp_path / "missing")
     with pytest.raises(ValueError, match=r"\[B, 8, 7\]"):
         model.denoiser.net(torch.zeros(2, 8, 6), torch.zeros(2))
+
+
+def test_transfer_prediction_uses_the_labelled_datasets(setup):
+    """With no label of the target dataset the predictor answers with the datasets it knows."""
+    task, cfg, data, model = setup
+    x = data.test[:8]
+    t = torch.full((8,), 0.3)
+    with torch.no_grad():
+        assert torch.allclose(model.predict(x, t, "cifar100"), model.predict(x, t, "cifar10"))
+
+
+def test_rank_gauss_labels():
+    from graphs.task import _rank_gauss
+
+    y = torch.tensor([10.0, 93.0, 93.0, 50.0, 94.0, 10.0])
+    z = _rank_gauss(y)
+    assert z[1] == z[2] and z[0] == z[5]  # ties share a value
+    assert z[4] > z[1] > z[3] > z[0]  # order kept
+    assert abs(float(_rank_gauss(torch.tensor([5.0, 1.0, 3.0, 2.0])).mean())) < 1e-6  # symmetric
+    assert torch.allclose(_rank_gauss(torch.tensor([1.0, 2.0, 3.0])), -_rank_gauss(torch.tensor([3.0, 2.0, 1.0])))
