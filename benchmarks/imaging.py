@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-eval", type=int, default=None, help="override the number of generated images per metric")
     ap.add_argument("--nfes", default=None, help="override the NFE list, e.g. 5,10")
     ap.add_argument("--scales", default=None, help="override the CFG scales scanned, e.g. 1,3")
+    ap.add_argument("--init-pixel", default=None, help="start the pixel model from this checkpoint (continue training)")
     ap.add_argument("--cfg-scale", type=float, default=None, help="skip the scan and use this CFG scale")
     a = ap.parse_args(argv)
     parts = set(a.parts.split(","))
@@ -126,6 +127,11 @@ def main(argv=None) -> int:
 
     def train(cfg, tag):
         model = task.build(cfg)
+        if tag == "pixel" and a.init_pixel:
+            from shared.checkpoint import load_into
+
+            load_into(a.init_pixel, {"model": model})
+            res["pixel_init"] = str(a.init_pixel)
         t0 = time.perf_counter()
         tr = Trainer(cfg.train, None, progress=True)
         model = task.train(cfg, model, data, tr)
