@@ -48,7 +48,7 @@ def build_config(quick: bool, cache_dir: str, steps: int = 0, n_train: int = 0, 
     cfg = default_cfg()
     if quick:
         data = replace(cfg.data, n_train=64, n_val=0, n_test=12, cache_dir=cache_dir)
-        train = replace(cfg.train, steps=120, warmup_steps=10, log_every=20)
+        train = replace(cfg.train, steps=80, warmup_steps=8, log_every=20)
     else:
         data = replace(cfg.data, n_train=300, n_val=0, n_test=40, cache_dir=cache_dir)
         train = replace(cfg.train, steps=800, warmup_steps=40, log_every=50)
