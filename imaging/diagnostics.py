@@ -95,6 +95,10 @@ def conservativity(field_or_model, images: Tensor, ts: Sequence[float] = (0.05, 
     images: clean images ``[B, C, H, W]`` (noised to each ``t`` with noise from ``generator``).
     Returns ``{t: {"asymmetry": mean Jacobian asymmetry (0 = gradient field, 1 = rotation),
     "loop": mean |normalised circulation| (0 = gradient field)}}``; ``loop_points`` 0 skips loops.
+    The loop statistic of ``shared.diagnostics.loop_integral`` is normalised by the in-plane
+    variation of the field, not by ``||J||``: when the Jacobian is close to a multiple of the
+    identity in the random plane (common for eps fields), a tiny antisymmetric part already gives
+    values near 1. The Jacobian asymmetry is the better-conditioned headline number.
     """
     from shared.diagnostics import jacobian_asymmetry, loop_integral
 
@@ -215,6 +219,8 @@ def plot_curve(rows: Sequence[dict], path) -> None:
 
 
 def main(argv=None) -> int:
+    from shared.checkpoint import CheckpointError
+
     ap = argparse.ArgumentParser(description="Diagnostics of trained imaging models: conservativity of the learned "
                                              "field across noise levels; memorisation -> generalisation curve.")
     ap.add_argument("tool", choices=["conservativity", "generalization"])
@@ -253,7 +259,7 @@ def main(argv=None) -> int:
             if a.out:
                 plot_curve(res, a.out)
                 print(f"wrote {a.out}")
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(res, indent=1))

@@ -291,6 +291,8 @@ def linear_probe(model, train_images: Tensor, train_labels: Tensor, test_images:
 
 
 def main(argv=None) -> int:
+    from shared.checkpoint import CheckpointError
+
     ap = argparse.ArgumentParser(description="Diffusion Classifier (Li et al. 2023) and diffusion-feature "
                                              "linear probe on the held-out test split of a trained imaging model.")
     ap.add_argument("--model", required=True, help="checkpoint directory written by imaging.train (<out>/model)")
@@ -311,7 +313,7 @@ def main(argv=None) -> int:
         sched = parse_schedule(a.schedule)
         task = ImagingTask()
         model, cfg = task.load(a.model)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not model.conditional_model:

@@ -282,7 +282,7 @@ def fit_boundary(latents: Tensor, attribute: Tensor, t: float, *, weight_decay: 
     a = torch.as_tensor(attribute).bool()
     if a.all() or (~a).all():
         raise ValueError("the attribute must have both values among the latents")
-    X = latents.flatten(1).double()
+    X = latents.detach().flatten(1).double()
     y = a.double()
     w = torch.zeros(X.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -338,6 +338,8 @@ def _pick(data, classes: Sequence[int], n: int) -> tuple[Tensor, Tensor]:
 
 
 def main(argv=None) -> int:
+    from shared.checkpoint import CheckpointError
+
     ap = argparse.ArgumentParser(description="Inversion and editing with a trained imaging model: DDIM inversion "
                                              "error, SDEdit, CycleDiffusion, BoundaryDiffusion.")
     ap.add_argument("tool", choices=["invert", "sdedit", "cycle", "boundary"])
@@ -382,8 +384,7 @@ def main(argv=None) -> int:
             x, y = _pick(data, [neg, pos], 4 * a.n)
             den = model.conditional(model.labels(None, len(x)))
             t_m, ks = mixing_step(den, x, steps=steps[-1], progress=True)
-            g = _grid(den, steps[-1], "uniform", t_m)
-            z = invert(den, x, g, S.make("ddim"))
+            z = ddim_invert(den, x, steps=steps[-1], t_max=t_m)
             bd = fit_boundary(z, y == pos, t_m)
             src = x[y == neg][:a.n]
             edited = boundary_edit(model.conditional(model.labels(None, len(src))), src, bd, to=True,
@@ -391,7 +392,7 @@ def main(argv=None) -> int:
             x = src
             report.update(mixing_t=t_m, boundary_train_acc=bd.accuracy)
         del null
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from .metrics import load_classifier

@@ -207,6 +207,8 @@ def compare(model, train_images: Tensor, train_labels: Tensor, *, n: int = 100, 
 
 
 def main(argv=None) -> int:
+    from shared.checkpoint import CheckpointError
+
     ap = argparse.ArgumentParser(description="PPAP: guide the unconditional model with noise-interval expert "
                                              "classifiers; compare with one classifier and with CFG.")
     ap.add_argument("--model", required=True, help="checkpoint directory written by imaging.train (<out>/model)")
@@ -236,7 +238,7 @@ def main(argv=None) -> int:
         res = compare(model, data.train.images, None if a.distill else data.train.labels, n=a.n,
                       n_experts=a.experts, steps=a.steps, scale=a.scale, cfg_scale=a.cfg_scale, init=a.init,
                       teacher=teacher, seed=a.seed, progress=True)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(res, indent=1))
