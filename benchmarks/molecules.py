@@ -181,10 +181,11 @@ def main(argv=None) -> dict:
     evc = task.evaluate(sc, data)
     res["cond_r2_gap"], res["cond_mae_gap"] = evc["cond_r2_gap"], evc["cond_mae_gap"]
     res["cond_validity"] = evc["validity"]
+    res["cond_n_scored"] = int(np.isfinite(sc.pred[:, j].numpy()).sum())
     res["cond_guidance_scale"] = cfg.smiles.guidance_scale
     unc = sample_smiles(model, len(pick), solver=solver, grid=grid, generator=gen())
     r = regression_metrics(gap_t.numpy(), unc.pred[:, j].numpy())
-    res["uncond_r2_gap"], res["uncond_mae_gap"] = r["r2"], r["mae"]
+    res["uncond_r2_gap"], res["uncond_mae_gap"], res["uncond_n_scored"] = r["r2"], r["mae"], int(r["n"])
 
     # ---- graph model with predictor guidance toward the same targets
     gs = task.generate(model, len(pick), solver=solver, grid=grid, generator=gen(),
@@ -192,6 +193,7 @@ def main(argv=None) -> dict:
     evg = task.evaluate(gs, data)
     res["graph_guided_r2_gap"], res["graph_guided_mae_gap"] = evg["cond_r2_gap"], evg["cond_mae_gap"]
     res["graph_guided_validity"] = evg["validity"]
+    res["graph_guided_n_scored"] = int(np.isfinite(gs.pred[:, j].numpy()).sum())
     r = regression_metrics(gap_t.numpy(), uncond_graph_pred[: len(pick), j].numpy())
     res["graph_unguided_r2_gap"], res["graph_unguided_mae_gap"] = r["r2"], r["mae"]
     res["total_s"] = time.perf_counter() - t_all
@@ -237,17 +239,18 @@ def _print_table(r: dict) -> None:
         print(f"| reported: {k} | {v['validity']:.3f} | {v['uniqueness']:.3f} | - | - | - | - |")
     if "novelty_qm9" in r:
         print(f"\nnovelty vs all 133k QM9: {r['novelty_qm9']:.3f}")
-    print("\n| inverse design, gap targets of held-out molecules | R² | MAE (Hartree) | validity |")
-    print("|---|---|---|---|")
+    print("\n| inverse design, gap targets of held-out molecules | R² | MAE (Hartree) | validity | molecules scored |")
+    print("|---|---|---|---|---|")
     print(f"| SMILES + CFG (scale {r['cond_guidance_scale']}) | {_fmt(r['cond_r2_gap'])} | {_fmt(r['cond_mae_gap'])} | "
-          f"{_fmt(r['cond_validity'])} |")
-    print(f"| SMILES unconditional (anchor) | {_fmt(r['uncond_r2_gap'])} | {_fmt(r['uncond_mae_gap'])} | - |")
+          f"{_fmt(r['cond_validity'])} | {r['cond_n_scored']} / {r['n_cond_targets']} |")
+    print(f"| SMILES unconditional (anchor) | {_fmt(r['uncond_r2_gap'])} | {_fmt(r['uncond_mae_gap'])} | - | "
+          f"{r['uncond_n_scored']} / {r['n_cond_targets']} |")
     print(f"| graph + predictor guidance | {_fmt(r['graph_guided_r2_gap'])} | {_fmt(r['graph_guided_mae_gap'])} | "
-          f"{_fmt(r['graph_guided_validity'])} |")
+          f"{_fmt(r['graph_guided_validity'])} | {r['graph_guided_n_scored']} / {r['n_cond_targets']} |")
     if "graph_unguided_r2_gap" in r:
-        print(f"| graph unguided (anchor) | {_fmt(r['graph_unguided_r2_gap'])} | {_fmt(r['graph_unguided_mae_gap'])} | - |")
+        print(f"| graph unguided (anchor) | {_fmt(r['graph_unguided_r2_gap'])} | {_fmt(r['graph_unguided_mae_gap'])} | - | - |")
     print(f"| forward model on the held-out molecules themselves | {_fmt(r['forward_r2_gap_test'])} | "
-          f"{_fmt(r['forward_mae_gap_test'])} | - |")
+          f"{_fmt(r['forward_mae_gap_test'])} | - | - |")
 
 
 if __name__ == "__main__":
