@@ -263,12 +263,15 @@ def mixing_step(denoise: DenoiseFn, x0: Tensor, *, steps: int = 20, tol: float =
 @dataclass
 class Boundary:
     """A linear boundary ``w . x + b = 0`` in the noisy latent at time ``t`` (``w`` unit norm,
-    flattened ``[D]``); ``accuracy``: its training accuracy."""
+    flattened ``[D]``); ``accuracy``: its training accuracy; ``pos_mean`` / ``neg_mean``: mean
+    signed distance of the training latents with / without the attribute."""
 
     w: Tensor
     b: float
     t: float
     accuracy: float
+    pos_mean: float = 1.0
+    neg_mean: float = -1.0
 
     def distance(self, x: Tensor) -> Tensor:
         """Signed distance ``[B]`` of latents ``x [B, *S]`` (positive side = attribute True)."""
@@ -298,20 +301,25 @@ def fit_boundary(latents: Tensor, attribute: Tensor, t: float, *, weight_decay: 
         opt.step(closure)
     w, b = w.detach(), float(b.detach())
     n = w.norm().clamp_min(1e-30)
-    acc = float(((X @ w + b > 0) == a).double().mean())
-    return Boundary(w / n, b / float(n), float(t), acc)
+    dist = (X @ w + b) / n
+    acc = float(((dist > 0) == a).double().mean())
+    return Boundary(w / n, b / float(n), float(t), acc, float(dist[a].mean()), float(dist[~a].mean()))
 
 
 @torch.no_grad()
-def boundary_edit(denoise: DenoiseFn, x0: Tensor, boundary: Boundary, *, to: bool = True, distance: float = 3.0,
-                  steps: int = 20) -> Tensor:
+def boundary_edit(denoise: DenoiseFn, x0: Tensor, boundary: Boundary, *, to: bool = True,
+                  distance: float | None = None, steps: int = 20) -> Tensor:
     """BoundaryDiffusion edit: DDIM-invert ``x0`` to ``boundary.t``, move every latent in one step
-    along the boundary normal to signed distance ``+distance`` (``to=True``) or ``-distance``,
-    then DDIM-denoise to t = 0. Returns edited images ``[B, *S]``."""
+    along the boundary normal to signed distance ``+distance`` (``to=True``) or ``-distance``
+    (default: the mean distance of the training latents on that side), then DDIM-denoise to
+    t = 0. Returns edited images ``[B, *S]``."""
     g = _grid(denoise, steps, "uniform", boundary.t)
     z = invert(denoise, x0, g, S.make("ddim"))
     d = boundary.distance(z)
-    target = distance if to else -distance
+    if distance is None:
+        target = boundary.pos_mean if to else boundary.neg_mean
+    else:
+        target = abs(distance) if to else -abs(distance)
     shift = (target - d).to(z.dtype)
     z = (z.flatten(1) + shift[:, None] * boundary.w.to(z)[None]).reshape(x0.shape)  # [B, D] -> [B, *S]
     return sample(denoise, z, g, S.make("ddim"))
@@ -351,7 +359,8 @@ def main(argv=None) -> int:
     ap.add_argument("--strength", type=float, default=0.5, help="sdedit: t0")
     ap.add_argument("--eta", type=float, default=1.0, help="cycle: DDIM eta of the DPM-Encoder")
     ap.add_argument("--classes", default="0,1", help="boundary: negative,positive classes of the attribute")
-    ap.add_argument("--distance", type=float, default=3.0, help="boundary: signed distance after the edit")
+    ap.add_argument("--distance", type=float, default=None,
+                    help="boundary: distance after the edit (default: mean distance of the target side)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="PNG of inputs (top row) and edits (bottom row)")
