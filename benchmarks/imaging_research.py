@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", required=True)
     ap.add_argument("--cache", default=str(ROOT / "bench_out" / "imaging_research"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ppap-scale", type=float, default=None, help="classifier guidance scale of the PPAP row")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from imaging import diagnostics as Dg
@@ -87,6 +88,8 @@ def main(argv=None) -> int:
     from shared.training import Trainer
 
     s = settings(a.quick, a.preset)
+    if a.ppap_scale is not None:
+        s["ppap_scale"] = a.ppap_scale
     out = Path(a.json)
     cache = Path(a.cache)
     t_all = time.perf_counter()
