@@ -56,8 +56,8 @@ def settings(quick: bool, device: str) -> dict:
         return dict(stride=240, gpd_steps=300, gpd_batch=128, hidden=256, depth=3, fc_steps=20, samples=8,
                     m4_series=60, m4_samples=16, dlinear_epochs=2, deepar_epochs=1, batches_per_epoch=25,
                     device=device)
-    return dict(stride=16, gpd_steps=1500, gpd_batch=128, hidden=256, depth=3, fc_steps=30, samples=16,
-                m4_series=414, m4_samples=32, dlinear_epochs=10, deepar_epochs=10, batches_per_epoch=50,
+    return dict(stride=16, gpd_steps=3000, gpd_batch=128, hidden=256, depth=3, fc_steps=30, samples=16,
+                m4_series=414, m4_samples=32, dlinear_epochs=20, deepar_epochs=50, batches_per_epoch=50,
                 device=device)
 
 
