@@ -77,6 +77,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default=str(ROOT / "bench_out" / "imaging_research"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ppap-scale", type=float, default=None, help="classifier guidance scale of the PPAP row")
+    ap.add_argument("--ppap-init", default="scratch", choices=["scratch", "teacher"],
+                    help="PPAP/single experts: seeded random init with labels (default), or PPAP's recipe: start "
+                         "from the shipped clean CNN and distil it (that CNN is also the evaluator: optimistic)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from imaging import diagnostics as Dg
@@ -181,9 +184,11 @@ def main(argv=None) -> int:
     # ------------------------------------------------------------------ PPAP
     t0 = time.perf_counter()
     pres = ppap.compare(model, tr.images, tr.labels, n=s["ppap_n"], n_experts=4, steps=s["ppap_steps"],
-                        scale=s["ppap_scale"], cfg_scale=2.0, sample_steps=s["sample_steps"], progress=True)
+                        scale=s["ppap_scale"], cfg_scale=2.0, sample_steps=s["sample_steps"], init=a.ppap_init,
+                        teacher=load_classifier() if a.ppap_init == "teacher" else None, progress=True)
     res.update({k: pres[k] for k in ("ppap_cond_acc", "single_classifier_cond_acc", "cfg_cond_acc", "unguided_acc")})
     res["ppap_settings"] = {k: pres[k] for k in ("n", "n_experts", "expert_steps", "guidance_scale", "cfg_scale")}
+    res["ppap_settings"]["init"] = a.ppap_init
     stage("ppap", t0)
 
     # ------------------------------------------------------------------ diagnostics
