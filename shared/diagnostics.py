@@ -24,7 +24,17 @@ __all__ = ["jacobian_asymmetry", "loop_integral", "model_agreement", "solver_err
 
 
 def _jvp(fn: Callable[[Tensor], Tensor], x: Tensor, v: Tensor) -> Tensor:
-    return torch.func.jvp(fn, (x,), (v,))[1]
+    """``J v``: forward-mode AD, falling back to the double-backward trick (two reverse passes,
+    attention on the math backend whose backward is differentiable) for modules that have no
+    forward-mode rule (e.g. GroupNorm on non-contiguous input or fused CPU attention in
+    diffusers UNets)."""
+    try:
+        return torch.func.jvp(fn, (x,), (v,))[1]
+    except (RuntimeError, NotImplementedError):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH):
+            return torch.autograd.functional.jvp(fn, x, v)[1]
 
 
 def jacobian_asymmetry(field: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor, *,

@@ -22,7 +22,7 @@ from .spaces import Space, randn
 
 __all__ = [
     "TIME_SAMPLERS", "WEIGHTINGS", "sample_t", "LossAwareSampler", "target_units_factor",
-    "weight", "diffusion_loss", "flow_matching_loss", "drop_condition",
+    "weight", "q_sample", "diffusion_loss", "flow_matching_loss", "drop_condition",
 ]
 
 TIME_SAMPLERS = ("uniform", "stratified", "lognormal", "logit_normal")
@@ -186,6 +186,20 @@ def _target(prediction, x0, eps, x_t, t, process, space, sigma_data):
     raise AssertionError(prediction)
 
 
+def q_sample(process: NoiseProcess, x0: Tensor, t: Tensor, *, space: Space | None = None,
+             generator=None, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Noise clean data to time ``t``: ``x_t = project(alpha x0 + sigma eps)`` with ``eps`` from
+    the space (or given). Returns ``(x_t, eps)``. The projection keeps e.g. the fixed entries of
+    a :class:`~shared.spaces.Masked` space at their values, as sampling with a projection hook
+    does, so training and sampling see the same inputs."""
+    from .spaces import Euclidean
+
+    space = space or Euclidean()
+    eps = noise if noise is not None else space.noise(x0, generator)
+    x_t = space.bcast(process.alpha(t), x0) * x0 + space.bcast(process.sigma(t), x0) * eps
+    return space.project(x_t), eps
+
+
 def diffusion_loss(denoiser: Denoiser, x0: Tensor, *, cond: Any = None, t: Tensor | None = None,
                    time_sampler: str | LossAwareSampler = "uniform", weighting: str | Callable = "simple",
                    generator=None, noise: Tensor | None = None, space: Space | None = None,
@@ -218,8 +232,7 @@ def diffusion_loss(denoiser: Denoiser, x0: Tensor, *, cond: Any = None, t: Tenso
                          **(sampler_kw or {}))
     check_t(t, B)
     t = t.to(x0.device)
-    eps = noise if noise is not None else space.noise(x0, generator)
-    x_t = space.bcast(process.alpha(t), x0) * x0 + space.bcast(process.sigma(t), x0) * eps
+    x_t, eps = q_sample(process, x0, t, space=space, generator=generator, noise=noise)
     tt = t.to(x0.dtype) if x0.dtype in (torch.float32, torch.float64) else t.float()
     if self_condition > 0:
         est = torch.zeros_like(x0)

@@ -73,12 +73,13 @@ class _Recorder:
 def prior(shape: Sequence[int], *, process: NoiseProcess, t: float = 1.0, space: Space | None = None,
           generator=None, dtype=torch.float32, device=None) -> Tensor:
     """Starting noise for sampling at time ``t``: ``sqrt(alpha^2 + sigma^2) * z`` (the marginal
-    std for unit-variance data; 1 for VP, ``sqrt(1 + sigma^2)`` for VE/EDM), ``z`` from the space."""
+    std for unit-variance data; 1 for VP, ``sqrt(1 + sigma^2)`` for VE/EDM), ``z`` from the space,
+    then projected onto the space (fixed entries of a Masked space take their values)."""
     space = space or Euclidean()
     tt = torch.tensor([t], dtype=torch.float64)
     std = float(torch.sqrt(process.alpha(tt) ** 2 + process.sigma(tt) ** 2))
     z = randn(shape, generator=generator, dtype=dtype, device=device)
-    return std * space.project_noise(z)
+    return space.project(std * space.project_noise(z))
 
 
 def sample(denoise: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, grid: Tensor, solver: Solver,

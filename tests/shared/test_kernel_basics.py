@@ -275,3 +275,19 @@ def test_uniform_time_fast_path_is_exact(proc):
             assert torch.equal(fast, plain), name
             assert P.uniform_value(fast) == float(plain[0])
             assert torch.equal(getattr(proc, name)(t), fast)  # second call: memo hit
+
+
+def test_masked_fixed_entries_agree_between_training_and_sampling():
+    from shared.sample import prior
+
+    mask = torch.tensor([False, True, True]).expand(4, 3)
+    fixed = torch.tensor([5.0, 0.0, 0.0], dtype=torch.float64).expand(4, 3)
+    m = Masked(mask=mask, fixed=fixed)
+    proc = P.CosineVP()
+    x0 = m.project(torch.randn(4, 3, dtype=torch.float64))
+    x_t, eps = L.q_sample(proc, x0, torch.full((4,), 0.7, dtype=torch.float64), space=m,
+                          generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x_t[:, 0], fixed[:, 0]) and torch.equal(eps[:, 0], torch.zeros(4, dtype=torch.float64))
+    x_T = prior((4, 3), process=proc, space=m, generator=torch.Generator().manual_seed(0),
+                dtype=torch.float64)
+    assert torch.equal(x_T[:, 0], fixed[:, 0])
