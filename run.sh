@@ -4,6 +4,7 @@
 #   bash run.sh setup          create/refresh the virtualenv (idempotent; skipped when up to date)
 #   bash run.sh test [ARGS]    setup, then `pytest -n 2 tests` (ARGS go to pytest)
 #   bash run.sh demo [ARGS]    setup, then `diffsuite compare --preset default --out runs/demo`
+#                              with a 3-solver x 3-NFE x 2-seed sweep (ARGS override it)
 #
 # Environment: DIFFSUITE_VENV (default ./.venv), PYTHON (default python3).
 # Torch: without an NVIDIA GPU the CPU build torch==$TORCH_CPU_VERSION is installed first (a bare
@@ -64,8 +65,10 @@ run_tests() {
 demo() {
   setup
   local out="runs/demo"
-  echo "[demo] diffsuite compare --preset default --out $out $*"
-  "$VENV/bin/diffsuite" compare --preset default --out "$out" "$@"
+  # a sweep sized to finish within 15 minutes on a 2-core CPU; extra arguments override it
+  local sweep=(--solvers ddim,dpmpp_2m,heun --nfe 5,10,20 --seeds 0,1)
+  echo "[demo] diffsuite compare --preset default --out $out ${sweep[*]} $*"
+  "$VENV/bin/diffsuite" compare --preset default --out "$out" "${sweep[@]}" "$@"
   echo "[demo] results: $ROOT/$out/report.md, $ROOT/$out/results.csv, plots in $ROOT/$out/plots/"
 }
 
