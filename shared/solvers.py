@@ -141,7 +141,7 @@ class Heun(Solver):
     """Heun with EDM churn, Karras et al. 2022, Alg. 2. Churn raises the noise level to
     ``k_hat = k (1 + gamma)``, ``gamma = min(S_churn / n_steps, sqrt(2) - 1)`` inside
     ``[S_tmin, S_tmax]``, and the model is evaluated after the churn. The 2nd-order correction is
-    skipped on the last step (``sigma_next = 0``) and where ``alpha(t_hat) = 0`` (infinite k)."""
+    skipped on the last step (``t_next = 0``) and where ``alpha(t_hat) = 0`` (infinite k)."""
 
     S_churn: float = 0.0
     S_tmin: float = 0.0
@@ -177,7 +177,10 @@ class Heun(Solver):
         D1 = denoise(x, t)
         x_e = _ddim_update(x, D1, a, s, an, sn, space)
         kn = sn / an
-        use2 = (sn > 0) & torch.isfinite(k)
+        # the last step of a grid (t_next = 0) is Euler, as in EDM, also for processes whose
+        # sigma(0) is tiny but positive (CosineVP, VE): there k / kn is huge and the trapezoid
+        # correction would amplify D1 - D2 without bound
+        use2 = (t_next > 0) & (sn > 0) & torch.isfinite(k)
         if not use2.any():
             return x_e, state
         D2 = denoise(x_e, t_next)
@@ -216,7 +219,8 @@ class EulerAncestral(Solver):
 class DPMSolverPP(Solver):
     """DPM-Solver++(kM) multistep, Lu et al. 2022, Alg. 2 (k = 2) and the 3rd-order update of
     the same paper (diffusers ``multistep_dpm_solver_third_order_update``). The first steps use
-    lower order until enough history exists; a step to ``sigma = 0`` (``h = inf``) is 1st order.
+    lower order until enough history exists; the final step (``t_next = 0``) is 1st order, as
+    with diffusers' ``lower_order_final`` / zero final sigma.
     ``state`` is the tuple of previous ``(D, lam)`` pairs, newest last."""
 
     solver_order: int = 2
@@ -233,7 +237,7 @@ class DPMSolverPP(Solver):
         lam, lam_n = 0.5 * ls, 0.5 * ls_n  # DPM-Solver's lambda = log(alpha / sigma)
         h = lam_n - lam
         order = min(self.solver_order, len(state) + 1)
-        if not _finite(h):
+        if not _finite(h) or _last(t_next):  # final step: 1st order (diffusers' lower_order_final)
             order = 1
         em1 = _expm1(-h)  # exp(-h) - 1
         terms = [(sn / s, x)]
@@ -258,6 +262,11 @@ class DPMSolverPP(Solver):
         return x_n, new_state
 
 
+def _last(t_next: Tensor) -> bool:
+    """True on the final step of a grid (every sample goes to t = 0)."""
+    return bool((t_next == 0).all())
+
+
 def _finite(h) -> bool:
     return math.isfinite(h) if isinstance(h, float) else bool(torch.isfinite(h).all())
 
@@ -278,7 +287,7 @@ class DPMSolverPPSDE(Solver):
         lam, lam_n = 0.5 * ls, 0.5 * ls_n
         h = lam_n - lam
         order = min(self.solver_order, len(state) + 1)
-        if not _finite(h):
+        if not _finite(h) or _last(t_next):
             order = 1
         one_m = -_expm1(-2 * h)  # 1 - e^-2h
         cx = sn / s * (1 - one_m) ** 0.5  # (sn / s) e^-h, 0 at sn = 0
