@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import platform
 import sys
 import time
@@ -53,11 +52,12 @@ def settings(quick: bool, preset: str) -> dict:
                 scales=[1.0, 2.0, 3.0, 4.0], nfes=[5, 10, 20], fd_steps=20)
 
 
+from shared.checkpoint import atomic_write_text  # noqa: E402
+
+
 def write_json(path: Path, res: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(res, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(res, indent=1) + "\n")
 
 
 def main(argv=None) -> int:

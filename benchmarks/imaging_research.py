@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import platform
 import sys
 import time
@@ -62,11 +61,12 @@ def settings(quick: bool, preset: str) -> dict:
                 gen_sizes=(8, 64, 512), gen_steps=300, gen_samples=16)
 
 
+from shared.checkpoint import atomic_write_text  # noqa: E402
+
+
 def write_json(path: Path, res: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(res, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(res, indent=1) + "\n")
 
 
 def main(argv=None) -> int:

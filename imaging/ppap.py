@@ -243,9 +243,9 @@ def main(argv=None) -> int:
         return 2
     print(json.dumps(res, indent=1))
     if a.json:
-        from pathlib import Path
+        from shared.checkpoint import atomic_write_text
 
-        Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
+        atomic_write_text(a.json, json.dumps(res, indent=1) + "\n")
     return 0
 
 
