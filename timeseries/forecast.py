@@ -15,10 +15,16 @@ Each window is normalised by the mean / std of its leading ``model.norm_len`` po
 observed, as in training), so the chunk length is at most ``L - norm_len``; longer horizons
 continue autoregressively, each chunk's context overlapping the previously generated values.
 Missing history values (NaN) are masked: they are generated, not imposed.
+
+Reproducibility: every series has its own noise stream, a ``torch.Generator`` seeded from the
+call's seed and the series' key (its index, or the ``keys`` the caller passes, e.g. a gluonts
+item id and forecast start), and sampling batches hold whole series. A series' samples therefore
+do not depend on which other series are forecast with it, nor on ``batch_size``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Sequence
 
 import numpy as np
@@ -31,7 +37,7 @@ from shared.sample import prior, sample
 
 from .data import DataError
 
-__all__ = ["METHODS", "forecast", "chunk_lengths"]
+__all__ = ["METHODS", "forecast", "chunk_lengths", "series_seed", "series_generators"]
 
 METHODS = ("inpaint", "repaint", "mse", "quantile")
 
@@ -46,12 +52,49 @@ def chunk_lengths(horizon: int, max_chunk: int) -> list[int]:
     return out
 
 
-def _as_generator(generator, device) -> torch.Generator:
+def series_seed(seed: int, key) -> int:
+    """A 63-bit seed for the series ``key`` (any value with a stable ``str``) under ``seed``."""
+    h = hashlib.blake2b(f"{int(seed)}|{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & (2 ** 63 - 1)
+
+
+def series_generators(generator, n: int, keys=None, device="cpu") -> list[torch.Generator]:
+    """One generator per series.
+
+    ``generator``: an int seed (None = 0), a ``torch.Generator`` (one base seed is drawn from it),
+    or a list of ``n`` per-series generators (used as given). ``keys``: ``n`` per-series keys
+    (default: the series' index)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != n:
+            raise ValueError(f"got {len(generator)} per-series generators for {n} series")
+        return list(generator)
     if isinstance(generator, torch.Generator):
-        return generator
-    g = torch.Generator(device=device)
-    g.manual_seed(0 if generator is None else int(generator))
-    return g
+        base = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+    else:
+        base = 0 if generator is None else int(generator)
+    if keys is None:
+        keys = range(n)
+    keys = list(keys)
+    if len(keys) != n:
+        raise ValueError(f"got {len(keys)} keys for {n} series")
+    return [torch.Generator(device=device).manual_seed(series_seed(base, k)) for k in keys]
+
+
+class _SeriesNoise:
+    """Noise function ``fn(shape, dtype, device)`` for a batch of whole series (``S`` consecutive
+    rows each): series ``i``'s rows come from its own generator, so they do not depend on the
+    rest of the batch."""
+
+    def __init__(self, gens: list[torch.Generator], rows_per_series: int):
+        self.gens, self.S = gens, rows_per_series
+
+    def __call__(self, shape, dtype, device):
+        shape = tuple(shape)
+        if shape[0] != len(self.gens) * self.S:
+            raise ValueError(f"noise for {shape[0]} rows requested; the batch has {len(self.gens)} series "
+                             f"x {self.S} samples")
+        return torch.cat([torch.randn((self.S,) + shape[1:], generator=g, dtype=dtype, device=g.device)
+                          for g in self.gens]).to(device)
 
 
 def _history_matrix(history, L: int, where: str) -> np.ndarray:
@@ -89,7 +132,7 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
              method: str = "inpaint", solver="ddpm", grid="uniform", steps: int = 50,
              guidance_scale: float = 1.0, resample: int = 2, quantiles: Sequence[float] = (0.5,),
              guidance_min_alpha: float = 0.0, generator=None, batch_size: int = 4096,
-             progress: bool = False) -> np.ndarray:
+             keys: Sequence | None = None, progress: bool = False) -> np.ndarray:
     """Sample ``num_samples`` future paths for every series.
 
     Args:
@@ -105,8 +148,12 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
         quantiles: levels of the ``quantile`` energy.
         guidance_min_alpha: energy guidance acts only where ``alpha(t) >= guidance_min_alpha``
             (its ``sigma^2 / alpha`` factor explodes near pure noise); 0 = everywhere.
-        generator: ``torch.Generator`` or int seed.
-        batch_size: rows (series x samples) per sampling call.
+        generator: int seed, ``torch.Generator`` (one base seed is drawn from it) or a list of
+            ``N`` per-series generators; see :func:`series_generators`.
+        batch_size: rows (series x samples) per sampling call (rounded down to whole series,
+            at least one series).
+        keys: ``N`` per-series keys for the seeds (default: the index); a series' forecast
+            depends only on the seed, its key and its own history, never on the batch.
     Returns:
         ``[N, num_samples, horizon]`` float32 in the series' own units.
     """
@@ -118,10 +165,11 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
     device = next(model.parameters()).device
     solver = solvers_mod.make(solver) if isinstance(solver, str) else solver
     g = grids.make(grid, steps, process=model.process) if isinstance(grid, str) else grid
-    gen = _as_generator(generator, device)
     interval = _alpha_interval(model.process, guidance_min_alpha)
     hist = _history_matrix(history, L, "forecast")  # [N, L]
     N, S = hist.shape[0], num_samples
+    gens = series_generators(generator, N, keys, device)
+    per_batch = max(1, batch_size // S)  # whole series per sampling batch
     tail = np.repeat(hist, S, axis=0)  # [R, L], R = N * S rows (series-major)
     chunks = chunk_lengths(horizon, L - P)
     out = np.empty((N * S, horizon), dtype=np.float32)
@@ -130,7 +178,7 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(chunks) * -(-tail.shape[0] // batch_size), desc=f"forecast ({method})", leave=False)
+        bar = tqdm(total=len(chunks) * -(-N // per_batch), desc=f"forecast ({method})", leave=False)
     for h in chunks:
         ctx = tail[:, h:]  # last L - h values: [R, L - h]
         mean, std = _normalise(ctx, P)
@@ -138,8 +186,10 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
         known = np.concatenate([np.nan_to_num(z, nan=0.0), np.zeros((z.shape[0], h))], 1)  # [R, L]
         mask = np.concatenate([np.isfinite(z), np.zeros((z.shape[0], h), dtype=bool)], 1)
         gen_z = np.empty((z.shape[0], h), dtype=np.float64)
-        for a in range(0, z.shape[0], batch_size):
-            b = min(a + batch_size, z.shape[0])
+        for i0 in range(0, N, per_batch):
+            i1 = min(i0 + per_batch, N)
+            a, b = i0 * S, i1 * S
+            gen = _SeriesNoise(gens[i0:i1], S)
             k = torch.as_tensor(known[a:b], dtype=torch.float32, device=device)
             m = torch.as_tensor(mask[a:b], device=device)
             x_T = prior((b - a, L), process=model.process, t=float(g[0]), space=model.space, generator=gen,

@@ -16,7 +16,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from gluonts.model.estimator import Estimator
 from gluonts.model.forecast import SampleForecast
 from gluonts.model.predictor import Predictor
@@ -49,7 +48,8 @@ class GPDPredictor(Predictor):
         prediction_length: horizon ``H`` (any; chunks beyond ``window - norm_len`` continue
             autoregressively).
         forecast: sampling settings (method, solver, grid, steps, samples, guidance).
-        seed: seed of the sampling noise; ``predict`` is deterministic for a given dataset.
+        seed: seed of the sampling noise; a window's samples are a function of the seed, its
+            item id and forecast start, and its history (not of the rest of the dataset).
         freq: used only when entries carry a non-Period ``start``.
         batch_entries: dataset entries forecast per sampling call.
     """
@@ -62,23 +62,35 @@ class GPDPredictor(Predictor):
         self.forecast_config = forecast or ForecastConfig()
         self.seed, self.freq, self.batch_entries, self.progress = seed, freq, batch_entries, progress
 
-    def _forecast_batch(self, entries: list[dict], num_samples: int, gen: torch.Generator) -> list[SampleForecast]:
+    def _window_key(self, entry: dict, index: int) -> str:
+        """The seed key of one forecast window: ``item_id@forecast start`` (the dataset index
+        stands in for a missing item id), so a window gets the same samples in any dataset."""
+        item = entry.get("item_id")
+        T = np.asarray(entry["target"]).shape[-1]
+        start = _start_of_forecast(entry, T, self.freq)
+        return f"{'#' + str(index) if item is None else item}@{start}"
+
+    def _forecast_batch(self, entries: list[dict], num_samples: int, first_index: int) -> list[SampleForecast]:
         fc = self.forecast_config
-        rows, shapes = [], []
-        for e in entries:
+        rows, shapes, keys = [], [], []
+        for j, e in enumerate(entries):
             y = np.asarray(e["target"], dtype=np.float32)
+            key = self._window_key(e, first_index + j)
             if y.ndim == 1:
                 rows.append(y)
                 shapes.append(None)
+                keys.append(key)
             elif y.ndim == 2:
                 rows.extend(list(y))
                 shapes.append(y.shape[0])
+                keys.extend(f"{key}/{c}" for c in range(y.shape[0]))
             else:
                 raise DataError(f"entry {e.get('item_id', '?')}: target has shape {y.shape}; expected [T] or [C, T]")
         s = forecast(self.model, rows, self.prediction_length, num_samples=num_samples, method=fc.method,
                      solver=fc.solver, grid=fc.grid, steps=fc.steps, guidance_scale=fc.guidance_scale,
                      guidance_min_alpha=fc.guidance_min_alpha,
-                     resample=fc.resample, generator=gen, batch_size=fc.batch_size, progress=self.progress)
+                     resample=fc.resample, generator=self.seed, keys=keys, batch_size=fc.batch_size,
+                     progress=self.progress)
         out, k = [], 0
         for e, c in zip(entries, shapes):
             T = np.asarray(e["target"]).shape[-1]
@@ -94,18 +106,21 @@ class GPDPredictor(Predictor):
 
     def predict(self, dataset, num_samples: int | None = None, **kwargs) -> Iterator[SampleForecast]:
         """Yield one ``SampleForecast`` per entry (samples ``[S, H]``, or ``[S, H, C]`` for
-        multivariate ``[C, T]`` targets), in dataset order."""
+        multivariate ``[C, T]`` targets), in dataset order.
+
+        Each window's samples depend only on ``seed``, its key (``item_id`` and forecast start;
+        see :meth:`_window_key`) and its own history, not on the other entries or the batching."""
         n = num_samples or self.forecast_config.num_samples
-        device = next(self.model.parameters()).device
-        gen = torch.Generator(device=device).manual_seed(self.seed)
         batch: list[dict] = []
+        first = 0
         for entry in dataset:
             batch.append(entry)
             if len(batch) == self.batch_entries:
-                yield from self._forecast_batch(batch, n, gen)
+                yield from self._forecast_batch(batch, n, first)
+                first += len(batch)
                 batch = []
         if batch:
-            yield from self._forecast_batch(batch, n, gen)
+            yield from self._forecast_batch(batch, n, first)
 
     # ---- serialisation: JSON + safetensors only
 

@@ -70,3 +70,17 @@ def test_estimator_bad_input():
         est.train(short)
     with pytest.raises(ValueError, match="prediction_length"):
         GPDEstimator(prediction_length=0)
+
+
+def test_window_forecast_does_not_depend_on_the_dataset(trained):
+    """The same window (item id + start) gets the same samples alone and inside a dataset."""
+    from gluonts.dataset.common import ListDataset
+
+    pred, d = trained
+    entries = list(d.gluonts("test"))
+    full = list(pred.predict(ListDataset(entries, freq="h")))
+    alone = list(pred.predict(ListDataset([entries[4]], freq="h")))
+    np.testing.assert_allclose(alone[0].samples, full[4].samples, rtol=0, atol=1e-5)
+    rev = list(pred.predict(ListDataset(entries[::-1], freq="h")))
+    for a, b in zip(full, rev[::-1]):
+        np.testing.assert_allclose(a.samples, b.samples, rtol=0, atol=1e-5)
