@@ -40,7 +40,7 @@ from medical.metrics import CLASS_NAMES, coco_level  # noqa: E402
 from medical.task import MedicalTask, collate  # noqa: E402
 from shared import grid as G  # noqa: E402
 from shared import solvers  # noqa: E402
-from shared.config import TrainConfig  # noqa: E402
+from shared.checkpoint import atomic_write_text  # noqa: E402
 from shared.training import Trainer  # noqa: E402
 
 
@@ -127,6 +127,23 @@ def retinanet_predict(dets, images):
 
 # --------------------------------------------------------------------------- main
 
+SAMPLING_STEPS = (1, 2, 4)
+
+
+def input_box_check(model, test, ts=(1.0, 0.9, 0.5, 0.25, 0.1, 0.02), seed: int = 0):
+    """How much the head uses its input boxes: AP / AR of one denoising pass from the test
+    images' ground-truth boxes (padded with random boxes) noised to ``t`` (``t = 1`` is pure
+    noise, as in sampling). A head that refines its input should score higher at small ``t``."""
+    from medical.task import denoise_from_ground_truth
+
+    rows = []
+    for t in ts:
+        m = denoise_from_ground_truth(model, test, t, generator=torch.Generator().manual_seed(seed))
+        rows.append({"t": t, "ap_aggregate": m["ap_aggregate"], "ar_aggregate": m["ar_aggregate"],
+                     "ap_quadrant": m["ap_quadrant"]})
+    return rows
+
+
 def level_scores(pred_per_level, test):
     out = {}
     for k, lv in enumerate(LEVELS):
@@ -170,7 +187,7 @@ def main(argv=None) -> int:
     model = task.train(cfg, model, data, trainer)
     t_ours = time.perf_counter() - t0
     res = {}
-    for steps in (1, 4):
+    for steps in SAMPLING_STEPS:
         g = G.make("uniform", steps, process=model.process)
         t0 = time.perf_counter()
         s = task.generate(model, len(test), solver=solvers.make("ddim"), grid=g,
@@ -199,14 +216,15 @@ def main(argv=None) -> int:
                  for k in range(3)]
     ret = level_scores(ret_preds, test)
 
-    keys = ["ap_quadrant", "ap_tooth", "ap_diagnosis", "ap_aggregate", "ap50_diagnosis", "ap50_aggregate",
-            "ar_aggregate"]
+    keys = ["ap_quadrant", "ap_tooth", "ap_diagnosis", "ap_aggregate", "ap50_quadrant", "ap50_tooth",
+            "ap50_diagnosis", "ap50_aggregate", "ar_aggregate"]
     out = {k: res[4][k] for k in keys}
     out["sec_per_image"] = res[4]["sec_per_image"]
     out.update({f"retinanet_{k}": ret[k] for k in keys})
     out["retinanet_sec_per_image"] = ret_sec
-    out["steps_1"] = {k: res[1][k] for k in keys + ["sec_per_image"]}
-    out["steps_4"] = {k: res[4][k] for k in keys + ["sec_per_image"]}
+    for steps in SAMPLING_STEPS:
+        out[f"steps_{steps}"] = {k: res[steps][k] for k in keys + ["sec_per_image"]}
+    out["input_box_check"] = input_box_check(model, test)
     out["setup"] = {
         "quick": args.quick, "train_steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
         "n_train": len(data.train), "n_test": len(test), "image_size": list(cfg.data.image_size),
@@ -217,16 +235,20 @@ def main(argv=None) -> int:
         "total_s": time.perf_counter() - t_all}
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
+    atomic_write_text(path, json.dumps(out, indent=2) + "\n")
 
     rows = [("AP quadrant", "ap_quadrant"), ("AP tooth", "ap_tooth"), ("AP diagnosis", "ap_diagnosis"),
-            ("AP aggregate (DENTEX)", "ap_aggregate"), ("AP50 diagnosis", "ap50_diagnosis"),
+            ("AP aggregate (DENTEX)", "ap_aggregate"), ("AP50 quadrant", "ap50_quadrant"),
+            ("AP50 tooth", "ap50_tooth"), ("AP50 diagnosis", "ap50_diagnosis"),
             ("AP50 aggregate", "ap50_aggregate"), ("AR aggregate", "ar_aggregate"), ("s / image", "sec_per_image")]
-    print("| metric | box diffusion, 1 step | box diffusion, 4 steps | RetinaNet (MONAI) |")
-    print("|---|---|---|---|")
+    cols = " | ".join(f"box diffusion, {n} step{'s' if n > 1 else ''}" for n in SAMPLING_STEPS)
+    print(f"| metric | {cols} | RetinaNet (MONAI) |")
+    print("|---|" + "---|" * (len(SAMPLING_STEPS) + 1))
     for name, k in rows:
         rv = ret_sec if k == "sec_per_image" else ret[k]
-        print(f"| {name} | {res[1][k]:.4f} | {res[4][k]:.4f} | {rv:.4f} |")
+        print(f"| {name} | " + " | ".join(f"{res[n][k]:.4f}" for n in SAMPLING_STEPS) + f" | {rv:.4f} |")
+    print("\none denoising pass from ground-truth boxes noised to t (AP / AR aggregate): " + ", ".join(
+        f"t={c['t']}: {c['ap_aggregate']:.3f} / {c['ar_aggregate']:.3f}" for c in out["input_box_check"]))
     print(f"\ntrain: ours {t_ours:.0f}s, RetinaNet x3 {t_ret:.0f}s; total {out['setup']['total_s']:.0f}s; "
           f"{cfg.train.steps} steps x batch {cfg.train.batch_size}; json: {path}")
     return 0

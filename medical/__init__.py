@@ -16,12 +16,13 @@ __all__ = [
     "DIAGNOSES", "LEVELS", "DentexDataset", "DentexError", "DentexRecord", "flip_horizontal", "load_dentex",
     "load_images", "make_phantoms", "parse_dentex", "swap_quadrants", "vendored_json",
     "DataConfig", "LossConfig", "MedicalConfig", "ModelConfig", "SampleConfig", "tiny", "default", "gpu",
-    "MedicalTask", "MedicalModel", "detect", "to_dentex_json", "to_monai_dicts", "dentex_scores",
+    "MedicalTask", "MedicalModel", "detect", "denoise_from_ground_truth", "to_dentex_json", "to_monai_dicts",
+    "dentex_scores",
 ]
 
 
 def __getattr__(name):  # lazy: the task pulls in the kernel sampler and MONAI
-    if name in ("MedicalTask", "MedicalModel", "detect", "to_dentex_json", "to_monai_dicts"):
+    if name in ("MedicalTask", "MedicalModel", "detect", "denoise_from_ground_truth", "to_dentex_json", "to_monai_dicts"):
         from . import task
 
         return getattr(task, name)

@@ -42,6 +42,24 @@ def coco_level(pred_boxes: Sequence, pred_labels: Sequence, pred_scores: Sequenc
 
     if not (len(pred_boxes) == len(pred_labels) == len(pred_scores) == len(gt_boxes) == len(gt_labels)):
         raise ValueError("predictions and ground truth must cover the same images")
+    # MONAI's COCOMetric averages precision over ALL classes, counting a class without ground
+    # truth as -1 (its recall average skips them; pycocotools skips them in both). Score only the
+    # classes that have ground truth, as pycocotools does: detections of other classes are left
+    # out (in pycocotools they fall into categories that are not evaluated).
+    gt_np = [_np(c, np.int64).reshape(-1) for c in gt_labels]
+    present = sorted(set(np.concatenate(gt_np).tolist())) if gt_np else []
+    if not present:
+        return {"ap": 0.0, "ap50": 0.0, "ap75": 0.0, "ar": 0.0}
+    remap = np.full(max(max(present) + 1, len(classes)), -1, np.int64)
+    remap[present] = np.arange(len(present))
+    pred_np = [_np(c, np.int64).reshape(-1) for c in pred_labels]
+    keep = [(c >= 0) & (c < len(remap)) for c in pred_np]
+    keep = [k & (remap[np.clip(c, 0, len(remap) - 1)] >= 0) for k, c in zip(keep, pred_np)]
+    pred_boxes = [_np(b, np.float64).reshape(-1, 4)[k] for b, k in zip(pred_boxes, keep)]
+    pred_scores = [_np(s, np.float64).reshape(-1)[k] for s, k in zip(pred_scores, keep)]
+    pred_labels = [remap[c[k]] for c, k in zip(pred_np, keep)]
+    gt_labels = [remap[c] for c in gt_np]
+    classes = [classes[c] for c in present]
     metric = COCOMetric(classes=list(classes), iou_list=(0.5, 0.75), iou_range=(0.5, 0.95, 0.05),
                         max_detection=(max_det,), per_class=False, verbose=False)
     res = matching_batch(
@@ -64,7 +82,7 @@ def coco_level(pred_boxes: Sequence, pred_labels: Sequence, pred_scores: Sequenc
     tag = f"MaxDet_{max_det}"
     vals = {"ap": out[f"mAP_IoU_0.50_0.95_0.05_{tag}"], "ap50": out[f"AP_IoU_0.50_{tag}"],
             "ap75": out[f"AP_IoU_0.75_{tag}"], "ar": out[f"mAR_IoU_0.50_0.95_0.05_{tag}"]}
-    # COCOMetric reports -1 where no class had ground truth; report 0 instead (nothing to find)
+    # -1 would mean no evaluated class (cannot happen after the filtering above); report 0
     return {k: (0.0 if (not math.isfinite(float(v)) or v < 0) else float(v)) for k, v in vals.items()}
 
 

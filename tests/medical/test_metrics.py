@@ -44,3 +44,23 @@ def test_unknown_levels_are_left_out_of_ground_truth():
     m = dentex_scores(preds, gts)
     # image 0's unlabelled boxes are false positives at the diagnosis level only
     assert abs(m["ap_quadrant"] - 1.0) < 1e-9 and m["ap_diagnosis"] < 1.0
+
+
+def test_classes_without_ground_truth_are_not_averaged_in():
+    # MONAI's COCOMetric counts a class without ground truth as precision -1 in its mean (perfect
+    # predictions of 2 of 8 classes would score -0.5); like pycocotools, only classes with ground
+    # truth are averaged, and detections of other classes do not count.
+    gt = [np.array([[10.0, 8.0, 22.0, 40.0], [60.0, 20.0, 75.0, 55.0]])]
+    gl = [np.array([1, 3])]
+    names = [f"T{i}" for i in range(8)]
+    m = coco_level(gt, gl, [np.ones(2)], gt, gl, names)
+    assert abs(m["ap"] - 1.0) < 1e-9 and abs(m["ar"] - 1.0) < 1e-9
+    extra = [np.concatenate([gt[0], [[100.0, 10.0, 110.0, 30.0]]])]
+    m2 = coco_level(extra, [np.array([1, 3, 0])], [np.array([1.0, 1.0, 0.9])], gt, gl, names)
+    assert abs(m2["ap"] - 1.0) < 1e-9
+    # a wrong-class detection ranked first in a present class still costs precision
+    m3 = coco_level(extra, [np.array([1, 3, 1])], [np.array([0.5, 1.0, 0.9])], gt, gl, names)
+    assert m3["ap"] < 1.0
+    # no ground truth at all: zeros
+    z = coco_level(gt, gl, [np.ones(2)], [np.zeros((0, 4))], [np.zeros(0, np.int64)], names)
+    assert z == {"ap": 0.0, "ap50": 0.0, "ap75": 0.0, "ar": 0.0}
