@@ -7,6 +7,7 @@
 * :class:`CellPredictor` — the noise-aware accuracy predictor: a directed GIN (``GINConv`` along
   and against the DAG edges) conditioned on time and on the target dataset.
   ``x: [B, 8, 7]``, ``t: [B]``, ``dataset: LongTensor [B]`` -> standardised accuracy ``[B]``.
+* :class:`PredictorEnsemble` — K independently initialised predictors; the prediction is their mean.
 
 Both take the fixed input/output rows from a ``fixed_mask`` / ``fixed_types`` pair and overwrite
 those rows of their input with the known signed one-hot, so they never depend on what a sampler
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from .data import ADJACENCY, N_NODES, N_TYPES
 
-__all__ = ["CellTransformer", "CellPredictor", "time_embedding", "laplacian_pe"]
+__all__ = ["CellTransformer", "CellPredictor", "PredictorEnsemble", "time_embedding", "laplacian_pe"]
 
 
 def time_embedding(t: Tensor, dim: int, max_period: float = 1000.0) -> Tensor:
@@ -207,3 +208,22 @@ class CellPredictor(nn.Module):
         h = h.reshape(B, N_NODES, -1)
         g = torch.cat([h.mean(1), h[:, -1], c], dim=-1)  # [B, 3H]
         return self.readout(g).squeeze(-1)
+
+
+class PredictorEnsemble(nn.Module):
+    """Deep ensemble of ``members`` (:class:`CellPredictor` s with different initialisations).
+
+    ``forward(x, t, dataset) -> [B]`` is the members' mean; ``forward_all(...) -> [K, B]`` gives
+    each member's prediction (training fits every member to the labels)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if len(members) < 1:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward_all(self, x: Tensor, t: Tensor, dataset: Tensor) -> Tensor:
+        return torch.stack([m(x, t, dataset) for m in self.members])
+
+    def forward(self, x: Tensor, t: Tensor, dataset: Tensor) -> Tensor:
+        return self.forward_all(x, t, dataset).mean(0)

@@ -53,6 +53,8 @@ class PredictorConfig:
     label_transform: ``rank_gauss`` (labels -> normal quantiles of their ranks per dataset: the
                    many broken cells at 10 % do not dominate the MSE and the top is resolved) or
                    ``zscore``.
+    ensemble:      number of independently initialised predictors whose mean is the prediction
+                   (a deep ensemble: steadier ranking among the top candidates; costs K x).
     Labels are drawn from the training split with ``seed``.
     """
 
@@ -67,6 +69,7 @@ class PredictorConfig:
     rank_weight: float = 1.0
     clean_fraction: float = 0.5
     label_transform: Literal["rank_gauss", "zscore"] = "rank_gauss"
+    ensemble: int = 1
     seed: int = 0
 
 
@@ -112,6 +115,8 @@ class GraphsConfig:
             raise ConfigError(f"search.interval={self.search.interval!r} must satisfy 0 <= lo <= hi <= 1")
         if self.search.top_k < 1 or self.search.n_samples < 1:
             raise ConfigError("search.top_k and search.n_samples must be >= 1")
+        if self.predictor.ensemble < 1:
+            raise ConfigError(f"predictor.ensemble={self.predictor.ensemble} must be >= 1")
         if self.predictor.labels_target < 0 or self.predictor.labels_other < 0:
             raise ConfigError("predictor.labels_target / labels_other must be >= 0")
         if self.predictor.labels_target + self.predictor.labels_other == 0:

@@ -28,7 +28,7 @@ from shared.sample import prior, sample
 from shared.spaces import Masked
 
 from . import configs as C
-from .backbones import CellPredictor, CellTransformer
+from .backbones import CellPredictor, CellTransformer, PredictorEnsemble
 from .data import (DATASETS, INPUT, N_NODES, N_TYPES, OUTPUT, NB201Lookup, NB201Table, decode, is_valid,
                    load_nb201, load_split_permutation, ops_to_arch, ops_to_onehot, to_signed)
 from .metrics import novelty, uniqueness, validity
@@ -56,6 +56,14 @@ def _process(m: C.ModelConfig) -> NoiseProcess:
     return make_process(m.process)
 
 
+def _make_predictor(p: C.PredictorConfig) -> nn.Module:
+    """One :class:`CellPredictor`, or a :class:`PredictorEnsemble` of ``p.ensemble`` of them."""
+    def one():
+        return CellPredictor(hidden=p.hidden, layers=p.layers, n_datasets=len(DS_NAMES),
+                             fixed_mask=FIXED_MASK, fixed_types=FIXED_TYPES)
+    return one() if p.ensemble == 1 else PredictorEnsemble([one() for _ in range(p.ensemble)])
+
+
 class GraphsModel(nn.Module):
     """Score network (as a ``shared.param.Denoiser``) + noise-aware predictor.
 
@@ -72,21 +80,16 @@ class GraphsModel(nn.Module):
         net = CellTransformer(hidden=m.hidden, layers=m.layers, heads=m.heads, dropout=m.dropout, head=head,
                               fixed_mask=FIXED_MASK, fixed_types=FIXED_TYPES)
         self.denoiser = Denoiser(net, _process(m), m.prediction, space=cell_space(), sigma_data=0.7)
-        p = cfg.predictor
-        self.predictor = CellPredictor(hidden=p.hidden, layers=p.layers, n_datasets=len(DS_NAMES),
-                                       fixed_mask=FIXED_MASK, fixed_types=FIXED_TYPES)
+        self.predictor = _make_predictor(cfg.predictor)
         self.register_buffer("label_mean", torch.zeros(len(DS_NAMES)))
         self.register_buffer("label_std", torch.ones(len(DS_NAMES)))
         self.register_buffer("label_counts", torch.zeros(len(DS_NAMES), dtype=torch.long))
 
     def reset_predictor(self, seed: int = 0) -> None:
         """Fresh predictor weights (seeded) and label statistics, e.g. before a new target."""
-        p = self.cfg.predictor
-        g = torch.random.fork_rng()
-        with g:
+        with torch.random.fork_rng():
             torch.manual_seed(seed)
-            new = CellPredictor(hidden=p.hidden, layers=p.layers, n_datasets=len(DS_NAMES),
-                                fixed_mask=FIXED_MASK, fixed_types=FIXED_TYPES)
+            new = _make_predictor(self.cfg.predictor)
         self.predictor = new.to(self.label_mean.device)
         self.label_mean.zero_()
         self.label_std.fill_(1.0)
@@ -276,13 +279,16 @@ def train_predictor(model: GraphsModel, data: Splits, *, dataset: str | None = N
     def loss_fn(pred: nn.Module, batch, g: torch.Generator) -> Tensor:
         x0, y, d = batch
         x_t, t = _noisy(process, space, x0, g, p.clean_fraction)
-        out = pred(space.project(x_t), t, d)  # [B]
-        loss = (out - y) ** 2
+        xp = space.project(x_t)
+        # ensemble: every member is fitted to the labels (sum of the members' losses)
+        outs = _unwrap(pred).forward_all(xp, t, d) if isinstance(_unwrap(pred), PredictorEnsemble) \
+            else pred(xp, t, d)[None]  # [K, B]
+        loss = ((outs - y) ** 2).sum(0)
         if rank_w > 0:
             better = (y[:, None] > y[None, :]) & (d[:, None] == d[None, :])  # [B, B]
             if better.any():
-                margin = out[:, None] - out[None, :]
-                rank = torch.nn.functional.softplus(-margin) * better
+                margin = outs[:, :, None] - outs[:, None, :]  # [K, B, B]
+                rank = (torch.nn.functional.softplus(-margin) * better).sum(0)
                 loss = loss + rank_w * rank.sum(1) / better.sum(1).clamp_min(1)
         return loss
 

@@ -184,3 +184,45 @@ def test_rank_gauss_labels():
     assert z[4] > z[1] > z[3] > z[0]  # order kept
     assert abs(float(_rank_gauss(torch.tensor([5.0, 1.0, 3.0, 2.0])).mean())) < 1e-6  # symmetric
     assert torch.allclose(_rank_gauss(torch.tensor([1.0, 2.0, 3.0])), -_rank_gauss(torch.tensor([3.0, 2.0, 1.0])))
+
+
+def test_predictor_ensemble_trains_every_member_and_round_trips(setup, tmp_path):
+    """predictor.ensemble=K: K differently initialised members, the prediction is their mean,
+    every member is fitted (ranks test cells better than chance), save/load keeps it."""
+    from graphs.backbones import PredictorEnsemble
+    from graphs.task import GraphsModel, train_predictor
+
+    task, cfg, data, model = setup
+    cfg_e = apply_overrides(cfg, ["predictor.ensemble=2", "predictor.steps=40"])
+    m = GraphsModel(cfg_e)
+    m.denoiser.load_state_dict(model.denoiser.state_dict())
+    m.reset_predictor(1)
+    assert isinstance(m.predictor, PredictorEnsemble) and len(m.predictor.members) == 2
+    w0 = [p.detach().clone() for p in m.predictor.members[0].parameters()]
+    assert not torch.equal(w0[0], next(m.predictor.members[1].parameters()))
+    train_predictor(m, data, dataset="cifar10")
+    table, idx = data.extra["table"], data.extra["test_idx"]
+    x = to_signed_onehot(table.ops[idx])
+    t0 = torch.zeros(len(idx))
+    d = torch.zeros(len(idx), dtype=torch.long)
+    with torch.no_grad():
+        each = m.predictor.forward_all(x, t0, d)
+        assert each.shape == (2, len(idx))
+        assert torch.allclose(m.predictor(x, t0, d), each.mean(0))
+    r = lambda v: v.argsort().argsort().float()  # noqa: E731
+    true = table.acc["cifar10"][idx]
+    assert not torch.equal(w0[0], next(m.predictor.members[0].parameters()))  # trained
+    for k in range(2):  # each member learned a ranking on its own
+        assert torch.corrcoef(torch.stack([r(each[k]), r(true)]))[0, 1] > 0.2
+    task.save(m, cfg_e, tmp_path / "ens")
+    m2, cfg2 = task.load(tmp_path / "ens")
+    assert cfg2.predictor.ensemble == 2
+    assert torch.equal(m2.predict_accuracy(table.ops[idx], "cifar10"), m.predict_accuracy(table.ops[idx], "cifar10"))
+    with pytest.raises(ConfigError, match="ensemble"):
+        apply_overrides(cfg, ["predictor.ensemble=0"])
+
+
+def to_signed_onehot(ops):
+    from graphs.data import ops_to_onehot, to_signed
+
+    return to_signed(ops_to_onehot(ops))
