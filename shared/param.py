@@ -19,8 +19,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .process import NoiseProcess, uniform_value
-from .spaces import Euclidean, Space, coef
+from .process import NoiseProcess, as_dtype, uniform_value
+from .spaces import Euclidean, Space, coef, scalar
 
 PREDICTIONS = ("eps", "x0", "v", "score", "flow", "edm")
 
@@ -54,14 +54,16 @@ def _to_x0_eps(out, src, x, t, process, space, sigma_data):
     a, s = process.alpha(t), process.sigma(t)
     if src == "x0":
         return out, None
-    A, S = coef(a, x, space), coef(s, x, space)
     if src == "eps":
+        A, S = uniform_value(a), uniform_value(s)
+        if A is not None and S is not None and A != 0.0:  # fused: two ops, no broadcast copies
+            return torch.add(x, out, alpha=-S).div_(scalar(A, x)), out
+        A, S = coef(a, x, space), coef(s, x, space)
         if _is_zero_somewhere(a):
             raise ValueError("eps prediction is undefined where alpha(t) = 0 (zero terminal SNR): "
                              "use v or flow prediction")
-        if isinstance(S, float) and isinstance(A, float):  # fused: two ops, no broadcast copies
-            return torch.add(x, out, alpha=-S).div_(A), out
         return (x - S * out) / A, out
+    A, S = coef(a, x, space), coef(s, x, space)
     if src == "score":
         if _is_zero_somewhere(a):
             raise ValueError("score prediction is undefined where alpha(t) = 0: use v or flow")
@@ -122,7 +124,8 @@ class Denoiser(nn.Module):
     """Wrap a network ``net(x_in, t_in, cond=None, **kw) -> out`` as ``D(x_t, t) -> x0_hat``.
 
     Args:
-        net: the backbone; its output has ``x``'s layout and is of type ``prediction``.
+        net: the backbone (an ``nn.Module``, or any callable with the same signature); its
+            output has ``x``'s layout and is of type ``prediction``.
         process: the noise process.
         prediction: one of :data:`PREDICTIONS`. ``"edm"`` turns on EDM preconditioning: the
             network sees ``c_in * x / alpha`` and ``c_noise = log(sigma / alpha) / 4``.
@@ -160,8 +163,8 @@ class Denoiser(nn.Module):
         if self.time_input == "t":
             return x, t.to(x.dtype)
         if self.time_input == "log_snr":
-            return x, self.process.log_snr(t).to(x.dtype)
-        return x, self.process.index_of_t(t).to(x.dtype)
+            return x, as_dtype(self.process.log_snr(t), x.dtype)
+        return x, as_dtype(self.process.index_of_t(t), x.dtype)
 
     def raw(self, x: Tensor, t: Tensor, cond=None, **kw) -> Tensor:
         """The network output in its own units (what losses compare with their target)."""
@@ -170,9 +173,10 @@ class Denoiser(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, cond=None, **kw) -> Tensor:
         """``x0_hat: [B, *S]`` for ``x: [B, *S]``, ``t: [B]``."""
-        out = self.raw(x, t, cond, **kw)
-        return convert(out, self.prediction, "x0", x, t, self.process, self.space,
-                       sigma_data=self.sigma_data)
+        x_in, t_in = self.net_inputs(x, t)  # = self.raw(x, t, cond, **kw), one call less
+        out = self.net(x_in, t_in, cond, **kw)
+        # convert(out, prediction, "x0", ...) without re-validating names checked in __init__
+        return _to_x0_eps(out, self.prediction, x, t, self.process, self.space, self.sigma_data)[0]
 
     def bind(self, cond=None, **kw) -> DenoiseFn:
         """``(x, t) -> x0_hat`` with the condition and extra keyword arguments bound."""

@@ -66,6 +66,91 @@ def uniform_value(c) -> float | None:
     return e[1] if e is not None and e[0] is c else None
 
 
+_CAST: dict[tuple[int, torch.dtype], tuple[Tensor, Tensor]] = {}
+_TIMES: dict[int, tuple[Tensor, int, float]] = {}
+
+
+class registered_times:
+    """Context manager used by the sampling loop: while active, the process fast path reads the
+    value of each ``[B]`` time tensor in ``times`` from ``values`` (the same floats the tensors
+    hold) instead of reading the tensor. ``times`` are alike views of one tensor (e.g. the
+    ``unbind`` of an expanded grid); they are registered only if they qualify for the fast path
+    (CPU, one repeated value, no grad). An in-place change of one drops it (version check)."""
+
+    def __init__(self, times, values):
+        t = times[0] if len(times) else None
+        ok = (t is not None and len(values) == len(times) and t.device.type == "cpu"
+              and t.ndim == 1 and t.shape[0] > 0 and (t.shape[0] == 1 or t.stride(0) == 0)
+              and not t.requires_grad)
+        self.times, self.values = (times, values) if ok else ((), ())
+
+    def __enter__(self):
+        if self.times:
+            ver = self.times[0]._version  # views share their base's version counter
+            _TIMES.update({id(t): (t, ver, v) for t, v in zip(self.times, self.values)})
+        return self
+
+    def __exit__(self, *exc):
+        for t in self.times:
+            if _TIMES.get(id(t), (None,))[0] is t:
+                del _TIMES[id(t)]
+        return False
+
+
+def time_value(t) -> float | None:
+    """The value of a grid time registered by :class:`registered_times`, else None."""
+    e = _TIMES.get(id(t))
+    return e[2] if e is not None and e[0] is t and e[1] == t._version else None
+
+
+def step_memo(process: "NoiseProcess") -> dict:
+    """A per-process dict for values that depend only on a pair of grid times (a solver's step
+    coefficients), keyed by the callers with the times' float values; bounded like the
+    coefficient cache."""
+    memo = process.__dict__.get("_step_memo")
+    if memo is None or len(memo) > _CACHE_MAX:
+        memo = process.__dict__["_step_memo"] = {}
+    return memo
+
+
+def as_dtype(c: Tensor, dtype: torch.dtype) -> Tensor:
+    """``c.to(dtype)``, memoised for the cached uniform coefficients of :func:`_fast_path` (a
+    grid time converted for the network input is then converted once per sampling grid, not once
+    per step). Any other tensor is converted as usual."""
+    if c.dtype == dtype:
+        return c
+    if uniform_value(c) is None:
+        return c.to(dtype)
+    key = (id(c), dtype)
+    e = _CAST.get(key)
+    if e is not None and e[0] is c:
+        return e[1]
+    if len(_CAST) > _CACHE_MAX:
+        _CAST.clear()
+    out = c.to(dtype)
+    _CAST[key] = (c, out)
+    return out
+
+
+def _cached(proc, fn, name: str, u: float, t: Tensor) -> Tensor:
+    """``fn(proc, t)`` for a ``t`` holding the single value ``u``, from the per-process cache."""
+    cache = proc.__dict__.get("_fast_cache")
+    if cache is None:
+        cache = proc.__dict__.setdefault("_fast_cache", {})
+    key = (name, u, t.shape[0])
+    v = cache.get(key)
+    if v is None:
+        if len(cache) > _CACHE_MAX:
+            for old in cache.values():
+                _UNIFORM.pop(id(old), None)
+            cache.clear()
+        one = fn(proc, t[:1])
+        v = one.expand(t.shape[0])
+        _UNIFORM[id(v)] = (v, float(one))
+        cache[key] = v
+    return v
+
+
 def _fast_path(fn):
     """Evaluate ``fn`` once per distinct time when ``t`` is a CPU tensor holding one value
     repeated (a ``[B]`` expand of a grid time, as in sampling): the value is computed by the same
@@ -75,32 +160,24 @@ def _fast_path(fn):
     name = fn.__name__
 
     def wrapper(self, t):
+        e = _TIMES.get(id(t))
+        if e is not None and e[0] is t and e[1] == t._version:
+            return _cached(self, fn, name, e[2], t)  # a registered grid time: value known
         d = self.__dict__
         memo = d.get("_memo")
         if memo is not None:  # the very tensor seen a moment ago (solver and denoiser share it)
             ent = memo.get((id(t), name))
             if ent is not None and ent[0] is t and ent[1] == t._version:
                 return ent[2]
-        if (torch.is_tensor(t) and t.ndim == 1 and t.device.type == "cpu" and t.shape[0] > 0
+        if not (torch.is_tensor(t) and t.ndim == 1 and t.is_cpu and t.shape[0] > 0
                 and not t.requires_grad and (t.shape[0] == 1 or t.stride(0) == 0)):
-            cache = d.setdefault("_fast_cache", {})  # a time value seen before
-            key = (name, float(t[0]), t.shape[0])
-            v = cache.get(key)
-            if v is None:
-                if len(cache) > _CACHE_MAX:
-                    for old in cache.values():
-                        _UNIFORM.pop(id(old), None)
-                    cache.clear()
-                one = fn(self, t[:1])
-                v = one.expand(t.shape[0])
-                _UNIFORM[id(v)] = (v, float(one))
-                cache[key] = v
-            memo = d.setdefault("_memo", {})
-            if len(memo) > 64:
-                memo.clear()
-            memo[(id(t), name)] = (t, t._version, v)
-            return v
-        return fn(self, t)
+            return fn(self, t)
+        v = _cached(self, fn, name, float(t[0]), t)
+        memo = d.setdefault("_memo", {})
+        if len(memo) > 64:
+            memo.clear()
+        memo[(id(t), name)] = (t, t._version, v)
+        return v
 
     wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
     wrapper.__wrapped__ = fn

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from .process import NoiseProcess
+from .process import NoiseProcess, registered_times
 from .solvers import Solver
 from .spaces import Euclidean, Space, randn
 
@@ -50,23 +50,23 @@ def _check_grid(grid: Tensor, increasing: bool = False) -> Tensor:
     if not torch.is_tensor(grid) or grid.ndim != 1 or grid.numel() < 2:
         raise ValueError("grid must be a 1-D tensor with at least 2 times")
     g = grid.to(torch.float64)
-    if not torch.isfinite(g).all() or (g < 0).any() or (g > 1).any():
+    vals = g.tolist()  # one transfer; the checks below are plain Python on a few dozen floats
+    if not all(0.0 <= v <= 1.0 for v in vals):  # also false for NaN
         raise ValueError("grid times must lie in [0, 1]")
-    d = g[1:] - g[:-1]
-    if not ((d > 0).all() if increasing else (d < 0).all()):
+    pairs = zip(vals, vals[1:])
+    if not (all(b > a for a, b in pairs) if increasing else all(b < a for a, b in pairs)):
         raise ValueError("grid must be strictly " + ("increasing" if increasing else "decreasing"))
     return g
 
 
 class _Recorder:
-    """Wraps a denoiser to remember its last output and count evaluations."""
+    """Wraps a denoiser to remember its last output (what hooks and callbacks see as x0_hat)."""
 
     def __init__(self, fn):
-        self.fn, self.last, self.nfe = fn, None, 0
+        self.fn, self.last = fn, None
 
     def __call__(self, x, t):
         self.last = self.fn(x, t)
-        self.nfe += 1
         return self.last
 
 
@@ -109,7 +109,7 @@ def sample(denoise: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, grid: Tenso
 
 def _integrate(denoise, x, g, solver, process, space, hooks, callback, generator, progress):
     B = space.batch_size(x)
-    rec = _Recorder(denoise)
+    rec = _Recorder(denoise) if hooks or callback is not None else denoise
     state = solver.init_state(x)
     steps = range(g.numel() - 1)
     if progress:
@@ -117,9 +117,16 @@ def _integrate(denoise, x, g, solver, process, space, hooks, callback, generator
 
         steps = tqdm(steps, desc=f"sampling ({solver.name})", leave=False)
     tdtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-    ts = g.to(tdtype).to(x.device)
+    # every grid time as a [B] view (stride 0), made by one call before the loop
+    tcol = g.to(device=x.device, dtype=tdtype)
+    ts = tcol.unsqueeze(1).expand(-1, B).unbind(0)
+    with registered_times(ts, tcol.tolist() if tcol.device.type == "cpu" else ()):
+        return _loop(rec, x, g, ts, steps, solver, process, space, hooks, callback, generator, state)
+
+
+def _loop(rec, x, g, ts, steps, solver, process, space, hooks, callback, generator, state):
     for i in steps:
-        t, tn = ts[i].expand(B), ts[i + 1].expand(B)  # views: [B], one time per step
+        t, tn = ts[i], ts[i + 1]
         x, state = solver.step(rec, x, t, tn, state, process=process, space=space, generator=generator)
         if hooks or callback is not None:
             ctx = StepContext(i, g.numel() - 1, t, tn, rec.last, process, space, generator)

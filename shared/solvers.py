@@ -20,8 +20,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .process import NoiseProcess, uniform_value
-from .spaces import Space, coef
+from .process import NoiseProcess, step_memo, time_value, uniform_value
+from .spaces import Space, coef, scalar
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -58,8 +58,8 @@ def _vals(*cs):
     """Per-sample coefficients as Python floats when every one is a cached uniform value (the
     usual case inside :func:`shared.sample.sample`), else the ``[B]`` tensors themselves. The
     formulas below are written once and work on either."""
-    us = [uniform_value(c) for c in cs]
-    return cs if any(u is None for u in us) else us
+    us = tuple(map(uniform_value, cs))
+    return cs if None in us else us
 
 
 def _combine(space: Space, terms) -> Tensor:
@@ -68,7 +68,7 @@ def _combine(space: Space, terms) -> Tensor:
     out = None
     for c, v in terms:
         if isinstance(c, float):
-            out = v * c if out is None else out.add_(v, alpha=c)
+            out = v * scalar(c, v) if out is None else out.add_(v, alpha=c)
         else:
             term = space.bcast(c, v) * v
             out = term if out is None else out.add_(term)
@@ -84,9 +84,32 @@ def _ddim_update(x, D, a, s, an, sn, space, c=None, z=None):
     if c is None:
         a, s, an, sn = _vals(a, s, an, sn)
         cx = sn / s
+        if isinstance(cx, float):  # the usual case in a sampling loop: two fused ops
+            return torch.add(x * scalar(cx, x), D, alpha=an - cx * a)
         return _combine(space, [(cx, x), (an - cx * a, D)])
     k = (sn * sn - c * c).clamp_min(0).sqrt() / s
     return _combine(space, [(k, x), (an - k * a, D), (c, z)])
+
+
+def _ddim_step(x, D, t, t_next, process, space):
+    """The deterministic DDIM / Euler update from ``t`` to ``t_next``. Between two grid times of
+    the sampling loop its two float coefficients are computed once per process and reused."""
+    u, un = time_value(t), time_value(t_next)
+    if u is not None and un is not None:
+        memo = step_memo(process)
+        key = ("ddim", u, un)
+        c = memo.get(key)
+        if c is None:
+            a, s, an, sn = _vals(process.alpha(t), process.sigma(t),
+                                 process.alpha(t_next), process.sigma(t_next))
+            if not isinstance(a, float):
+                return _ddim_update(x, D, a, s, an, sn, space)
+            cx = sn / s
+            c = memo[key] = (cx, an - cx * a)
+        return torch.add(x * scalar(c[0], x), D, alpha=c[1])
+    a, s = process.alpha(t), process.sigma(t)
+    an, sn = process.alpha(t_next), process.sigma(t_next)
+    return _ddim_update(x, D, a, s, an, sn, space)
 
 
 @dataclass(frozen=True)
@@ -103,10 +126,10 @@ class DDIM(Solver):
 
     def step(self, denoise, x, t, t_next, state, *, process, space, generator=None):
         D = denoise(x, t)
+        if self.eta == 0.0:
+            return _ddim_step(x, D, t, t_next, process, space), state
         a, s = process.alpha(t), process.sigma(t)
         an, sn = process.alpha(t_next), process.sigma(t_next)
-        if self.eta == 0.0:
-            return _ddim_update(x, D, a, s, an, sn, space), state
         # posterior std: eta * sn/s * sqrt(s^2 - (a/an)^2 sn^2)
         ratio = torch.where(an > 0, a / an.clamp_min(1e-300), torch.zeros_like(a))
         c = self.eta * sn / s * (s * s - ratio**2 * sn * sn).clamp_min(0).sqrt()
@@ -130,10 +153,7 @@ class Euler(Solver):
     name: str = "euler"
 
     def step(self, denoise, x, t, t_next, state, *, process, space, generator=None):
-        D = denoise(x, t)
-        a, s = process.alpha(t), process.sigma(t)
-        an, sn = process.alpha(t_next), process.sigma(t_next)
-        return _ddim_update(x, D, a, s, an, sn, space), state
+        return _ddim_step(x, denoise(x, t), t, t_next, process, space), state
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ __all__ = [
     "randn",
     "Generator",
     "coef",
+    "scalar",
 ]
 
 
@@ -46,6 +47,26 @@ def coef(c: Tensor, x: Tensor, space: "Space"):
     broadcast copy, which is most of the per-step cost of a sampling loop on small tensors."""
     u = uniform_value(c)
     return u if u is not None else space.bcast(c, x)
+
+
+_SCALARS: dict[tuple[float, torch.dtype], Tensor] = {}
+_SCALAR_DTYPES = (torch.float32, torch.float64)
+
+
+def scalar(c: float, x: Tensor):
+    """The Python float ``c`` as a cached 0-d tensor of ``x``'s dtype when ``x`` is a float32 /
+    float64 CPU tensor, else ``c`` itself. Multiplying by a 0-d tensor gives the same result as
+    multiplying by the float but skips wrapping the number into a tensor on every op, which is
+    about half the cost of an elementwise op on a small tensor."""
+    if not x.is_cpu or x.dtype not in _SCALAR_DTYPES:
+        return c
+    key = (c, x.dtype)
+    s = _SCALARS.get(key)
+    if s is None:
+        if len(_SCALARS) > 8192:
+            _SCALARS.clear()
+        s = _SCALARS[key] = torch.tensor(c, dtype=x.dtype)
+    return s
 
 
 def randn(shape: Sequence[int], *, generator: Generator = None, dtype=torch.float32,

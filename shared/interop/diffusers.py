@@ -121,13 +121,13 @@ def scheduler_grid(scheduler: Any, process: DiscreteVP) -> Tensor:
 def eps_fn_denoiser(eps_fn: Callable[[Tensor, Tensor], Tensor], process: DiscreteVP,
                     prediction: str = "eps") -> Denoiser:
     """Wrap ``eps_fn(x_t, timestep [B]) -> model output`` (diffusers' calling convention) as a
-    :class:`Denoiser` that feeds it ``t N - 1``."""
+    :class:`Denoiser` that feeds it ``t N - 1``. The function is called directly (no
+    ``nn.Module`` around it), as diffusers' own loop calls it."""
 
-    class _Net(nn.Module):
-        def forward(self, x, t, cond=None, **kw):
-            return eps_fn(x, t)
+    def net(x, t, cond=None, **kw):
+        return eps_fn(x, t)
 
-    return Denoiser(_Net(), process, prediction, time_input="index")
+    return Denoiser(net, process, prediction, time_input="index")
 
 
 def initial_state(scheduler: Any, process: DiscreteVP, z: Tensor) -> Tensor:

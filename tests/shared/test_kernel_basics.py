@@ -277,6 +277,58 @@ def test_uniform_time_fast_path_is_exact(proc):
             assert torch.equal(getattr(proc, name)(t), fast)  # second call: memo hit
 
 
+def test_registered_times_give_the_tensor_value_and_respect_in_place_changes():
+    proc = P.CosineVP()
+    t = torch.tensor([0.3], dtype=torch.float64)
+    with P.registered_times((t,), (0.3,)):
+        assert P.time_value(t) == 0.3
+        a = proc.alpha(t)
+        assert torch.equal(a, type(proc).alpha.__wrapped__(proc, t.clone()))
+        t.fill_(0.6)  # an in-place change drops the registration (version check)
+        assert P.time_value(t) is None
+        assert torch.equal(proc.alpha(t), type(proc).alpha.__wrapped__(proc, t.clone()))
+    assert P.time_value(t) is None  # gone after the loop
+    # CUDA-like / non-uniform tensors are not registered
+    u = torch.tensor([0.1, 0.2])
+    with P.registered_times(u.unbind(0)[:1] + (u,), (0.1, 0.2)):
+        assert P.time_value(u) is None
+
+
+def test_scalar_tensor_multiplies_like_the_float():
+    from shared.spaces import scalar
+
+    x32 = torch.randn(3, 5)
+    c = 0.7310000000001
+    for x in (x32, x32.double()):
+        s = scalar(c, x)
+        assert torch.is_tensor(s) and s.ndim == 0 and s.dtype == x.dtype
+        assert torch.equal(x * s, x * c)
+        assert scalar(c, x) is s  # cached
+    assert scalar(c, x32.to(torch.bfloat16)) == c  # low precision keeps the Python float
+
+
+@pytest.mark.parametrize("solver", ["ddim", "euler", "heun", "dpmpp_2m", "dpmpp_3m"])
+def test_sampling_fast_path_equals_plain_path(solver, monkeypatch):
+    # the sampling loop registers its grid times so coefficients come from caches; switching that
+    # off (and clearing every cache) must give the same sample to float64 rounding
+    import contextlib
+
+    import shared.sample as SM
+
+    proc = P.LinearVP()
+    net = lambda x, t, cond=None: 0.3 * x + 0.1 * t.reshape(-1, 1)  # noqa: E731
+    den = Denoiser(net, proc, "eps")
+    x_T = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    grid = G.make("log_snr", 12, process=proc)
+    fast = sample(den, x_T, grid, make(solver))
+    again = sample(den, x_T, grid, make(solver))  # warm caches
+    monkeypatch.setattr(SM, "registered_times", lambda *a: contextlib.nullcontext())
+    proc2 = P.LinearVP()
+    plain = sample(Denoiser(net, proc2, "eps"), x_T, grid.clone(), make(solver))
+    assert torch.equal(fast, again)
+    torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-12)
+
+
 def test_masked_fixed_entries_agree_between_training_and_sampling():
     from shared.sample import prior
 
