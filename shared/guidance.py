@@ -122,13 +122,29 @@ def classifier(denoise: DenoiseFn, log_prob: Callable[[Tensor, Tensor], Tensor],
 
 
 def energy(denoise: DenoiseFn, energy_fn: Callable[[Tensor, Tensor, Tensor], Tensor], scale: float,
-           *, interval=None, normalize: bool = False, process=None,
+           *, interval=None, normalize: bool = False, weighting: str = "constant",
+           obs_var: float = 0.0, data_var: float = 1.0, process=None,
            space: Space | None = None) -> DenoiseFn:
     """Energy / reconstruction guidance on x0_hat: the score is moved by
-    ``-scale * grad_{x_t} E(D(x_t), x_t, t)``, differentiating through the denoiser (DPS, Chung
-    et al. 2023; universal guidance's forward term, Bansal et al. 2023; TSDiff observation
-    self-guidance, Kollovieh et al. 2023). ``energy_fn -> [B]``. ``normalize=True`` divides the
-    gradient by ``sqrt(E)`` per sample (DPS's step ``zeta / ||y - A(x0_hat)||``)."""
+    ``-scale * w(t) * grad_{x_t} E(D(x_t), x_t, t)``, differentiating through the denoiser (DPS,
+    Chung et al. 2023; universal guidance's forward term, Bansal et al. 2023; TSDiff observation
+    self-guidance, Kollovieh et al. 2023). ``energy_fn -> [B]``.
+
+    Args:
+        normalize: divide the gradient by ``sqrt(E)`` per sample (DPS's step
+            ``zeta / ||y - A(x0_hat)||``).
+        weighting: ``"constant"`` (``w = 1``) or ``"pigdm"``: ``w = 1 / (2 (r_t^2 + obs_var))``
+            with ``r_t^2 = data_var s^2 / (s^2 + a^2 data_var)`` the variance of ``x0`` given
+            ``x_t`` for Gaussian data (PiGDM, Song et al. 2023). For a squared-error energy
+            ``E = ||y - A x0_hat||^2`` and ``scale = 1`` this is the score of the Gaussian
+            likelihood ``N(y; A x0_hat, r_t^2 + obs_var)``: exact for Gaussian data and a linear
+            observation, and one scale then serves every noise level.
+        obs_var, data_var: observation noise variance and data variance for ``"pigdm"``.
+    """
+    if weighting not in ("constant", "pigdm"):
+        raise ValueError(f"weighting must be 'constant' or 'pigdm', got {weighting!r}")
+    if weighting == "pigdm" and (obs_var < 0 or data_var <= 0):
+        raise ValueError(f"pigdm needs obs_var >= 0 and data_var > 0, got {obs_var}, {data_var}")
     process, sp = _proc_space(denoise, process, space)
 
     def d(x: Tensor, t: Tensor) -> Tensor:
@@ -142,6 +158,9 @@ def energy(denoise: DenoiseFn, energy_fn: Callable[[Tensor, Tensor, Tensor], Ten
             (g,) = torch.autograd.grad(E.sum(), xg)
         a, s = process.alpha(t), process.sigma(t)
         c = torch.where(active & (a > 0), scale * s * s / a.clamp_min(1e-300), torch.zeros_like(a))
+        if weighting == "pigdm":
+            r2 = data_var * s * s / (s * s + a * a * data_var)
+            c = c / (2.0 * (r2 + obs_var)).clamp_min(1e-300)
         if normalize:
             c = c / E.detach().to(torch.float64).clamp_min(1e-12).sqrt()
         return D.detach() - sp.bcast(c, x) * g

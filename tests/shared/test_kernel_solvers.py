@@ -249,6 +249,32 @@ def test_energy_guidance_and_inpainting_respect_observations():
     assert torch.equal(inp[:, 0], y[:, 0])  # at t = 0 the known part is exact
 
 
+def test_pigdm_weighting_gives_the_exact_posterior_for_gaussian_data():
+    # x0 ~ N(0, v I) in 2-D, y = x0[0] + N(0, r): p(x0 | x_t) is Gaussian with variance
+    # r_t^2 = v s^2 / (s^2 + a^2 v), so PiGDM's likelihood N(y; x0_hat[0], r_t^2 + r) is exact and
+    # the guided probability-flow ODE must carry the prior to the exact posterior
+    # N(v y / (v + r), v r / (v + r)) in the observed coordinate and leave the other one at N(0, v).
+    v, r, y0, n = 0.5, 0.1, 1.3, 4000
+    proc = P.EDM()
+    gm = GMM(means=torch.zeros(1, 2, dtype=F64), variances=torch.tensor([v], dtype=F64),
+             weights=torch.ones(1, dtype=F64))
+    D = gm.denoiser(proc)
+    y = torch.tensor([y0, 0.0], dtype=F64).expand(n, 2)
+    mask = torch.tensor([True, False]).expand(n, 2)
+    guided = energy(D, observation_mse(y, mask), 1.0, weighting="pigdm", obs_var=r, data_var=v,
+                    process=proc)
+    x_T = prior((n, 2), process=proc, generator=torch.Generator().manual_seed(3), dtype=F64)
+    x_T = x_T * math.sqrt((v + 80.0**2) / (1 + 80.0**2))  # start from the exact marginal
+    x = sample(guided, x_T, G.make("karras", 40, process=proc), S.make("heun"), process=proc)
+    m_post, v_post = v * y0 / (v + r), v * r / (v + r)
+    se_m, se_v = math.sqrt(v_post / n), v_post * math.sqrt(2 / n)
+    assert abs(float(x[:, 0].mean()) - m_post) < 4 * se_m
+    assert abs(float(x[:, 0].var()) - v_post) < 4 * se_v
+    assert abs(float(x[:, 1].var()) - v) < 4 * v * math.sqrt(2 / n)
+    with pytest.raises(ValueError, match="weighting"):
+        energy(D, observation_mse(y, mask), 1.0, weighting="dps", process=proc)
+
+
 def test_parity_with_diffusers_schedulers():
     pytest.importorskip("diffusers")
     from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
