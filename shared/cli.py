@@ -10,6 +10,8 @@
     diffsuite compare [--domains all|a,b] [--preset P] [--solvers ...] [--nfe 5,10,20,50]
                       [--grids ...] [--seeds 0,1,2] [--out DIR] [--device auto]
 
+``train``, ``sample``, ``evaluate`` and ``compare`` take ``--threads N`` (torch CPU threads; on a
+shared machine 1 per process is usually fastest).
 Bad input (unknown domain, preset, override key, solver or grid; wrong value type) prints the
 valid choices and exits with code 2 before anything is written.
 """
@@ -278,7 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cache", default=None, help="checkpoint cache dir (default: <out>/cache)")
     c.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     c.add_argument("--no-progress", action="store_true")
+    for sp in (t, c) + tuple(sub.choices[n] for n in ("sample", "evaluate")):
+        sp.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 on a shared machine)")
     return p
+
+
+def _apply_threads(args: argparse.Namespace) -> None:
+    n = getattr(args, "threads", None)
+    if n is None:
+        return
+    if n < 1:
+        _fail(f"--threads must be >= 1, got {n}")
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -288,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command != "train" and extra:
             _fail(f"unrecognised arguments: {' '.join(extra)}")
+        _apply_threads(args)
         if args.command == "domains":
             return cmd_domains(args)
         if args.command == "train":

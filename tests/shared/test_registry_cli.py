@@ -8,6 +8,7 @@ import sys
 import types
 
 import pytest
+import torch
 
 from shared import registry
 from shared.cli import main
@@ -79,6 +80,7 @@ def test_cli_domains(fake_entry_points, capsys):
     (["train", "toy", "--preset", "tiny", "--out", "OUT", "--train.steps=many"], "train.steps"),
     (["train", "toy", "--preset", "tiny", "--out", "OUT", "stray"], "--train.lr=3e-4"),
     (["sample", "toy", "--checkpoint", "OUT", "--solver", "rk45"], "valid solvers"),
+    (["train", "toy", "--preset", "tiny", "--out", "OUT", "--threads", "0"], "--threads must be >= 1"),
 ])
 def test_cli_bad_input_exit_2_nothing_written(toy_task, tmp_path, capsys, argv, needle):
     out = tmp_path / "run"
@@ -97,8 +99,13 @@ def test_cli_train_sample_evaluate(toy_task, tmp_path, capsys):
     assert (out / "model" / "model.safetensors").exists() and (out / "metrics.csv").exists()
     assert (out / "checkpoints" / "latest").exists()
     capsys.readouterr()
-    assert main(["sample", "toy", "--checkpoint", str(out), "--n", "32", "--steps", "5",
-                 "--solver", "ddim", "--grid", "uniform", "--device", "cpu"]) == 0
+    before = torch.get_num_threads()
+    try:
+        assert main(["sample", "toy", "--checkpoint", str(out), "--n", "32", "--steps", "5",
+                     "--solver", "ddim", "--grid", "uniform", "--device", "cpu", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
     assert (out / "samples" / "samples.png").stat().st_size > 0
     assert (out / "samples" / "samples.safetensors").exists()
     capsys.readouterr()
