@@ -53,10 +53,10 @@ GOALS = {"dlinear_reference_mse": 0.366, "deepar_reference_crps": 0.0311, "seaso
 def settings(quick: bool, device: str) -> dict:
     """All knobs of a run (recorded in the JSON)."""
     if quick:
-        return dict(stride=240, gpd_steps=300, gpd_batch=128, hidden=256, depth=3, fc_steps=20, samples=8,
+        return dict(linear_skip=True, stride=240, gpd_steps=300, gpd_batch=128, hidden=256, depth=3, fc_steps=20, samples=8,
                     m4_series=60, m4_samples=16, dlinear_epochs=2, deepar_epochs=1, batches_per_epoch=25,
                     device=device)
-    return dict(stride=16, gpd_steps=3000, gpd_batch=128, hidden=256, depth=3, fc_steps=30, samples=16,
+    return dict(linear_skip=True, stride=16, gpd_steps=3000, gpd_batch=128, hidden=256, depth=3, fc_steps=30, samples=32,
                 m4_series=414, m4_samples=32, dlinear_epochs=20, deepar_epochs=50, batches_per_epoch=50,
                 device=device)
 
@@ -67,7 +67,7 @@ def gpd_config(s: dict, train_on: tuple[str, ...]):
         "model.hidden": s["hidden"], "model.depth": s["depth"], "data.train_on": list(train_on),
         "train.steps": s["gpd_steps"], "train.batch_size": s["gpd_batch"], "train.device": s["device"],
         "forecast.steps": s["fc_steps"], "forecast.num_samples": s["samples"],
-        "data.max_per_series": 2000,
+        "data.max_per_series": 2000, "model.linear_skip": s.get("linear_skip", True),
     })
 
 

@@ -62,11 +62,15 @@ class MLPDiffusionNet(nn.Module):
         time_dim: width of the time embedding.
         dropout: dropout inside the blocks.
         time_scale: ``t`` is multiplied by this before the sinusoidal features (1000 for t in [0, 1]).
+        linear_skip: add a full-rank linear map of the input window, gated per output position
+            by the time embedding (``skip(x) * (1 + gate(temb))``, zero at initialisation): a
+            DLinear-like path from context to future beside the ``hidden``-wide MLP stream.
     Shapes: ``x: [B, L]`` or ``[B, 1, L]``, ``t: [B]`` -> same layout as ``x``.
     """
 
     def __init__(self, *, length: int, hidden: int = 512, depth: int = 4, expansion: int = 2,
-                 time_dim: int = 128, dropout: float = 0.0, time_scale: float = 1000.0):
+                 time_dim: int = 128, dropout: float = 0.0, time_scale: float = 1000.0,
+                 linear_skip: bool = False):
         super().__init__()
         if length < 2 or hidden < 1 or depth < 1:
             raise ValueError(f"need length >= 2, hidden >= 1, depth >= 1; got {length}, {hidden}, {depth}")
@@ -77,6 +81,13 @@ class MLPDiffusionNet(nn.Module):
                                                       dropout=dropout) for _ in range(depth)])
         self.norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, length)
+        self.skip = self.skip_gate = None
+        if linear_skip:
+            self.skip = nn.Linear(length, length)
+            self.skip_gate = nn.Linear(time_dim, length)
+            for lin in (self.skip, self.skip_gate):
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
 
     def forward(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
         if cond is not None:
@@ -84,8 +95,12 @@ class MLPDiffusionNet(nn.Module):
         shape = x.shape
         if x.shape[-1] != self.length or x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[1] != 1):
             raise ValueError(f"expected x of shape [B, {self.length}] or [B, 1, {self.length}], got {tuple(shape)}")
-        h = self.inp(x.reshape(shape[0], self.length))  # [B, hidden]
+        x2 = x.reshape(shape[0], self.length)
+        h = self.inp(x2)  # [B, hidden]
         temb = self.time(t)  # [B, time_dim]
         for blk in self.blocks:
             h = blk(h, temb)
-        return self.out(self.norm(h)).reshape(shape)
+        y = self.out(self.norm(h))
+        if self.skip is not None:
+            y = y + self.skip(x2) * (1 + self.skip_gate(temb))
+        return y.reshape(shape)

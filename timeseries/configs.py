@@ -32,6 +32,8 @@ class ModelConfig:
               ``hidden``-wide stream, which eps / v prediction need at high noise; the
               preconditioned skip ``c_skip x`` carries it instead.
     sigma_data: data std for EDM preconditioning (windows are normalised, std about 1).
+    linear_skip: a time-gated full-rank linear path from the input window to the output beside
+              the MLP (see :class:`~timeseries.backbones.MLPDiffusionNet`).
     """
 
     window: int = 432
@@ -47,6 +49,7 @@ class ModelConfig:
     sigma_data: float = 1.0
     time_sampler: Literal["uniform", "stratified", "lognormal", "logit_normal"] = "uniform"
     weighting: Literal["simple", "min_snr", "likelihood"] = "simple"
+    linear_skip: bool = False
 
     def __post_init__(self):
         if not 0 < self.norm_len < self.window:
@@ -111,7 +114,7 @@ class TimeseriesConfig:
 def tiny() -> TimeseriesConfig:
     """Seconds on a CPU (tests): a small window and net, a few steps."""
     return TimeseriesConfig(
-        model=ModelConfig(window=128, norm_len=64, hidden=64, depth=2, time_dim=32),
+        model=ModelConfig(window=128, norm_len=64, hidden=64, depth=2, time_dim=32, linear_skip=True),
         data=DataConfig(train_on=("etth1",), lookback=96, horizon=96, stride=16, max_per_series=200,
                         eval_stride=480),
         forecast=ForecastConfig(steps=10, num_samples=4),
@@ -122,7 +125,7 @@ def tiny() -> TimeseriesConfig:
 def default() -> TimeseriesConfig:
     """About a minute of CPU training; the demo / `diffsuite compare` preset."""
     return TimeseriesConfig(
-        model=ModelConfig(window=432, norm_len=216, hidden=256, depth=3),
+        model=ModelConfig(window=432, norm_len=216, hidden=256, depth=3, linear_skip=True),
         data=DataConfig(train_on=("etth1",), stride=2, eval_stride=48),
         forecast=ForecastConfig(steps=25, num_samples=8),
         train=TrainConfig(steps=800, batch_size=128, lr=1e-3, warmup_steps=50, lr_schedule="cosine",
@@ -133,7 +136,7 @@ def default() -> TimeseriesConfig:
 def gpu() -> TimeseriesConfig:
     """Real numbers on one GPU: wider net, longer training, every test window."""
     return TimeseriesConfig(
-        model=ModelConfig(window=432, norm_len=216, hidden=1024, depth=6, dropout=0.1),
+        model=ModelConfig(window=432, norm_len=216, hidden=1024, depth=6, dropout=0.1, linear_skip=True),
         data=DataConfig(train_on=("etth1",), stride=1, eval_stride=1),
         forecast=ForecastConfig(steps=100, num_samples=64, batch_size=65536),
         train=TrainConfig(steps=30000, batch_size=512, lr=5e-4, warmup_steps=500, lr_schedule="cosine",

@@ -42,7 +42,7 @@ class GPDModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         net = MLPDiffusionNet(length=cfg.window, hidden=cfg.hidden, depth=cfg.depth, expansion=cfg.expansion,
-                              time_dim=cfg.time_dim, dropout=cfg.dropout)
+                              time_dim=cfg.time_dim, dropout=cfg.dropout, linear_skip=cfg.linear_skip)
         self.denoiser = Denoiser(net, make_process(cfg), cfg.prediction, space=Euclidean(),
                                  sigma_data=cfg.sigma_data)
 

@@ -28,6 +28,19 @@ def test_backbone_layouts():
         net(torch.randn(3, 15), t)
 
 
+def test_backbone_linear_skip_is_trainable_and_time_gated():
+    torch.manual_seed(0)
+    net = MLPDiffusionNet(length=16, hidden=8, depth=1, time_dim=8, linear_skip=True)
+    x, t = torch.randn(4, 16), torch.rand(4)
+    base = net(x, t)  # the skip path starts at zero
+    net.skip.weight.data.normal_()
+    with torch.no_grad():
+        expect = base + net.skip(x) * (1 + net.skip_gate(net.time(t)))
+    torch.testing.assert_close(net(x, t), expect)
+    net(x, t).square().sum().backward()
+    assert net.skip.weight.grad.abs().sum() > 0 and net.skip_gate.weight.grad.abs().sum() > 0
+
+
 def test_chunks():
     assert chunk_lengths(96, 216) == [96]
     assert chunk_lengths(720, 216) == [216, 216, 216, 72]
