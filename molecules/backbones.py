@@ -116,13 +116,16 @@ class GraphTransformer(nn.Module):
     ``forward(x [B, N*K + N*N*C], t [B], cond=None, *, node_mask [B, N]) -> [B, N*K + N*N*C]``;
     the output is zero on absent nodes and pairs and symmetric in the bond block.
     ``cond`` (optional ``[B, cond_dim]``) is added to the time embedding. ``node_positions``
-    adds a learned node-index embedding (not permutation equivariant; see :class:`_GraphTrunk`)."""
+    adds a learned node-index embedding (not permutation equivariant; see :class:`_GraphTrunk`).
+    ``simplex``: the output per atom / atom pair is ``2 softmax(logits) - 1``, the exact form of
+    the posterior mean ``E[x0 | x_t]`` of +-1 one-hots (an x0 head; use with ``prediction="x0"``)."""
 
     def __init__(self, *, n_atom_types: int = 8, n_bond_types: int = 4, max_nodes: int = 9,
                  hidden: int = 128, edge_hidden: int = 64, layers: int = 4, heads: int = 4,
-                 cond_dim: int = 0, node_positions: bool = False):
+                 cond_dim: int = 0, node_positions: bool = False, simplex: bool = False):
         super().__init__()
         self.n, self.k, self.c = max_nodes, n_atom_types, n_bond_types
+        self.simplex = simplex
         self.cond_dim = cond_dim
         self.time = TimeEmbedding(hidden)
         self.cond = nn.Linear(cond_dim, hidden) if cond_dim else None
@@ -137,10 +140,12 @@ class GraphTransformer(nn.Module):
         if self.cond is not None and cond is not None:
             c = c + self.cond(cond.to(c.dtype))
         h, e, nm, pair = self.trunk(X, E, node_mask, c)
-        Xo = self.out_h(h) * nm[..., None]
+        Xo = self.out_h(h)
         Eo = self.out_e(e)
-        Eo = 0.5 * (Eo + Eo.transpose(1, 2)) * pair[..., None]
-        return pack(Xo, Eo)
+        Eo = 0.5 * (Eo + Eo.transpose(1, 2))
+        if self.simplex:  # the exact form of E[x0 | x_t] for +-1 one-hots: 2 p - 1, p on the simplex
+            Xo, Eo = 2 * torch.softmax(Xo, -1) - 1, 2 * torch.softmax(Eo, -1) - 1
+        return pack(Xo * nm[..., None], Eo * pair[..., None])
 
 
 class GraphRegressor(nn.Module):
@@ -175,14 +180,20 @@ class SmilesTransformer(nn.Module):
     ``forward(x [B, L, V], t [B], cond=None, **kw) -> [B, L, V]``. ``cond`` is None
     (unconditional) or a dict ``{"y": [B, P] scaled values, "mask": [B, P] bool}``: property
     ``p`` enters as a token ``y_p w_p + b_p`` where given and as a learned null token ``n_p``
-    where not (classifier-free guidance on any subset of properties)."""
+    where not (classifier-free guidance on any subset of properties). ``self_condition``: an
+    extra input ``self_cond`` ``[B, L, V]`` (the previous x0 estimate; zeros when absent).
+    ``simplex``: output ``2 softmax(logits) - 1`` per position (posterior-mean form; x0 head)."""
 
     def __init__(self, *, vocab: int = 22, length: int = 32, n_props: int = 12, d_model: int = 128,
-                 layers: int = 4, heads: int = 4, dropout: float = 0.0):
+                 layers: int = 4, heads: int = 4, dropout: float = 0.0, self_condition: bool = False,
+                 simplex: bool = False):
         super().__init__()
         self.vocab, self.length, self.n_props = vocab, length, n_props
+        self.simplex = simplex
         self.inp = nn.Linear(vocab, d_model)
-        self.pos = nn.Parameter(torch.randn(length + n_props + 1, d_model) * 0.02)
+        # self-conditioning (Chen et al. 2022, Analog Bits): the previous x0 estimate as a 2nd input
+        self.sc = nn.Linear(vocab, d_model, bias=False) if self_condition else None
+        self.pos = nn.Parameter(torch.randn(length + n_props + 1, d_model) * 0.5)
         self.time = TimeEmbedding(d_model)
         self.prop_w = nn.Parameter(torch.randn(n_props, d_model) * 0.5)
         self.prop_b = nn.Parameter(torch.zeros(n_props, d_model))
@@ -205,12 +216,19 @@ class SmilesTransformer(nn.Module):
         val = y[..., None] * self.prop_w[None] + self.prop_b[None]
         return torch.where(mask[..., None], val, null)
 
-    def forward(self, x: Tensor, t: Tensor, cond=None, **kw) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, cond=None, *, self_cond: Tensor | None = None, **kw) -> Tensor:
         B, L, V = x.shape
         if (L, V) != (self.length, self.vocab):
             raise ValueError(f"expected x [B, {self.length}, {self.vocab}], got {tuple(x.shape)}")
         tok = self.inp(x)
-        extra = torch.cat([self.time(t)[:, None], self.prop_tokens(cond, B, x.device, tok.dtype)], dim=1)
+        if self.sc is not None:
+            tok = tok + self.sc(torch.zeros_like(x) if self_cond is None else self_cond.to(x.dtype))
+        temb = self.time(t)
+        # the noise level enters every position (as the seed paper's UNet does in every block),
+        # not only through one extra token that each position would have to attend to
+        tok = tok + temb[:, None]
+        extra = torch.cat([temb[:, None], self.prop_tokens(cond, B, x.device, tok.dtype)], dim=1)
         hseq = torch.cat([extra, tok], dim=1) + self.pos[None]
         hseq = self.encoder(hseq)
-        return self.out(self.norm(hseq[:, -L:]))
+        out = self.out(self.norm(hseq[:, -L:]))
+        return 2 * torch.softmax(out, -1) - 1 if self.simplex else out

@@ -51,7 +51,8 @@ class GraphConfig:
     """Graph diffusion model (unconditional; predictor guidance at sampling time).
     ``node_positions``: learned node-index embedding (RDKit atom order); False keeps the
     denoiser permutation equivariant (DiGress-style). On by default: lower loss and higher
-    connectivity at equal CPU budget in our runs."""
+    connectivity at equal CPU budget in our runs. ``simplex``: x0 head ``2 softmax - 1`` per atom
+    and atom pair (the exact form of the posterior mean of +-1 one-hots; needs prediction x0)."""
 
     hidden: int = 128
     edge_hidden: int = 64
@@ -61,6 +62,11 @@ class GraphConfig:
     weighting: str = "simple"
     time_sampler: str = "uniform"
     node_positions: bool = True
+    simplex: bool = False
+
+    def __post_init__(self):
+        if self.simplex and self.prediction != "x0":
+            raise ConfigError(f"graph.simplex=True is an x0 head; it needs graph.prediction='x0', got {self.prediction!r}")
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,9 @@ class PredictorConfig:
 class SmilesConfig:
     """Seed-paper inverse design: SMILES one-hot diffusion with property tokens and CFG.
     ``cond_drop``: probability of dropping the whole condition (shared.loss.drop_condition);
-    besides, each sample keeps a random subset of properties (keep rate ~ U(0, 1))."""
+    besides, each sample keeps a random subset of properties (keep rate ~ U(0, 1)). ``simplex``:
+    x0 head ``2 softmax - 1`` per position; ``self_condition``: probability of self-conditioning
+    in training (Analog Bits; sampling then always feeds the previous x0 estimate)."""
 
     enabled: bool = True
     d_model: int = 128
@@ -92,6 +100,14 @@ class SmilesConfig:
     weighting: str = "simple"
     cond_drop: float = 0.1
     guidance_scale: float = 2.0
+    simplex: bool = False
+    self_condition: float = 0.0
+
+    def __post_init__(self):
+        if self.simplex and self.prediction != "x0":
+            raise ConfigError(f"smiles.simplex=True is an x0 head; it needs smiles.prediction='x0', got {self.prediction!r}")
+        if not 0.0 <= self.self_condition <= 1.0:
+            raise ConfigError(f"smiles.self_condition={self.self_condition} must be a probability in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -123,9 +139,9 @@ def default() -> MoleculesConfig:
     """About two CPU-minutes of training on one core: the whole 20k sample, small models. Quality
     is limited by that budget (see benchmarks/molecules.py for a longer run)."""
     return MoleculesConfig(
-        graph=GraphConfig(hidden=64, edge_hidden=32, layers=3, heads=4),
+        graph=GraphConfig(hidden=64, edge_hidden=32, layers=3, heads=4, simplex=True),
         predictor=PredictorConfig(hidden=48, edge_hidden=24, layers=2, heads=4),
-        smiles=SmilesConfig(d_model=64, layers=2, heads=4),
+        smiles=SmilesConfig(d_model=64, layers=2, heads=4, simplex=True),
         train=TrainConfig(steps=400, batch_size=64, lr=3e-3, warmup_steps=30, lr_schedule="cosine",
                           ema_decay=0.99, log_every=50),
         sample_steps=50,
@@ -135,9 +151,9 @@ def default() -> MoleculesConfig:
 def gpu() -> MoleculesConfig:
     """Real numbers on one GPU (H100): larger models, many more steps."""
     return MoleculesConfig(
-        graph=GraphConfig(hidden=256, edge_hidden=128, layers=8, heads=8),
+        graph=GraphConfig(hidden=256, edge_hidden=128, layers=8, heads=8, simplex=True),
         predictor=PredictorConfig(hidden=192, edge_hidden=96, layers=6, heads=8),
-        smiles=SmilesConfig(d_model=256, layers=8, heads=8),
+        smiles=SmilesConfig(d_model=256, layers=8, heads=8, simplex=True),
         train=TrainConfig(steps=30000, batch_size=512, lr=5e-4, warmup_steps=1000, lr_schedule="cosine",
                           ema_decay=0.9995, log_every=100, mixed_precision="bf16", checkpoint_every=5000),
         sample_steps=100,

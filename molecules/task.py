@@ -79,7 +79,7 @@ class MoleculeModel(nn.Module):
         g = cfg.graph
         net = GraphTransformer(n_atom_types=K_ATOMS, n_bond_types=C_BONDS, max_nodes=MAX_NODES,
                                hidden=g.hidden, edge_hidden=g.edge_hidden, layers=g.layers, heads=g.heads,
-                               node_positions=g.node_positions)
+                               node_positions=g.node_positions, simplex=g.simplex)
         self.graph = Denoiser(net, self.process, g.prediction)
         p = cfg.predictor
         self.predictor = (GraphRegressor(n_atom_types=K_ATOMS, n_bond_types=C_BONDS, max_nodes=MAX_NODES,
@@ -87,7 +87,8 @@ class MoleculeModel(nn.Module):
                                          heads=p.heads, n_out=P) if p.enabled else None)
         s = cfg.smiles
         self.smiles = (Denoiser(SmilesTransformer(vocab=len(SMILES_ALPHABET), length=SMILES_LENGTH, n_props=P,
-                                                  d_model=s.d_model, layers=s.layers, heads=s.heads),
+                                                  d_model=s.d_model, layers=s.layers, heads=s.heads,
+                                                  simplex=s.simplex, self_condition=s.self_condition > 0),
                                 self.process, s.prediction) if s.enabled else None)
         self.register_buffer("prop_lo", torch.zeros(P, dtype=torch.float64))
         self.register_buffer("prop_hi", torch.ones(P, dtype=torch.float64))
@@ -143,7 +144,8 @@ class MoleculeModel(nn.Module):
             cond = {"y": y, "mask": subset & known}
             cond = drop_condition(cond, cfg.smiles.cond_drop, generator=g, null={"y": 0.0, "mask": False})
             loss = loss + diffusion_loss(self.smiles, seq, cond=cond, generator=g,
-                                         weighting=cfg.smiles.weighting)
+                                         weighting=cfg.smiles.weighting,
+                                         self_condition=cfg.smiles.self_condition)
         return loss
 
 
@@ -315,6 +317,27 @@ def sample_graphs(model: MoleculeModel, n: int, *, solver, grid: Tensor, generat
     return MoleculeSamples("graph", mols, smi, [], atoms.cpu(), bonds.cpu(), pred, targets, model.property_names)
 
 
+def _smiles_denoiser(model: MoleculeModel, cond, uncond, scale: float):
+    """The SMILES denoiser for one sampling call: unconditional (``cond`` None) or CFG; with a
+    self-conditioned network, each call gets the previous call's (guided) x0 estimate."""
+    def one(kw):
+        if cond is None:
+            return model.smiles.bind(uncond, **kw)
+        return G.cfg(model.smiles, cond, uncond, scale, **kw)
+
+    if model.cfg.smiles.self_condition <= 0:
+        return one({})
+    prev: list = [None]
+
+    def d(x: Tensor, t: Tensor) -> Tensor:
+        sc = prev[0] if prev[0] is not None else torch.zeros_like(x)
+        out = one({"self_cond": sc})(x, t)
+        prev[0] = out.detach()
+        return out
+
+    return d
+
+
 def sample_smiles(model: MoleculeModel, n: int, *, solver, grid: Tensor, targets: Mapping[str, Any] | None = None,
                   scale: float | None = None, generator=None, batch_size: int = 500,
                   progress: bool = False) -> MoleculeSamples:
@@ -344,12 +367,11 @@ def sample_smiles(model: MoleculeModel, n: int, *, solver, grid: Tensor, targets
             x_T = prior((b, SMILES_LENGTH, len(SMILES_ALPHABET)), process=model.process, t=float(grid[0]),
                         generator=gg, device=dev)
             uncond = {"y": torch.zeros(b, P, device=dev), "mask": torch.zeros(b, P, dtype=torch.bool, device=dev)}
-            if tgt_raw is None:
-                denoise = model.smiles.bind(uncond)
-            else:
+            cond = None
+            if tgt_raw is not None:
                 y = model.scaler.transform(tgt_raw[s:s + batch_size])
                 cond = {"y": torch.nan_to_num(y).to(dev), "mask": torch.isfinite(y).to(dev)}
-                denoise = G.cfg(model.smiles, cond, uncond, scale)
+            denoise = _smiles_denoiser(model, cond, uncond, scale)
             outs.append(sample(denoise, x_T, grid, solver, process=model.process, generator=gg))
     x = torch.cat(outs)
     raw = onehot_to_smiles(x.cpu())

@@ -1,0 +1,77 @@
+"""Simplex x0 heads, the noise level on every SMILES position, self-conditioned sampling, config checks."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from shared import grid as grids
+from shared import solvers
+from shared.config import ConfigError
+
+from molecules import configs as C
+from molecules.backbones import GraphTransformer, SmilesTransformer
+from molecules.space import unpack
+from molecules.task import MoleculeModel, sample_smiles
+
+
+def test_graph_simplex_head_is_a_posterior_mean_of_one_hots():
+    torch.manual_seed(0)
+    net = GraphTransformer(n_atom_types=8, n_bond_types=4, max_nodes=9, hidden=16, edge_hidden=8, layers=1,
+                           heads=2, simplex=True)
+    nm = torch.arange(9)[None] < torch.tensor([[5], [9]])
+    x = torch.randn(2, 9 * 8 + 81 * 4)
+    X, E = unpack(net(x, torch.tensor([0.3, 0.9]), node_mask=nm), 9, 8, 4)
+    # 2 p - 1 with p on the simplex: entries in [-1, 1], summing to 2 - K on present atoms / pairs
+    assert X.abs().max() <= 1 and E.abs().max() <= 1
+    assert torch.allclose(X.sum(-1)[nm], torch.full((int(nm.sum()),), 2.0 - 8), atol=1e-5)
+    assert (X[~nm] == 0).all()
+    pair = nm[:, :, None] & nm[:, None, :] & ~torch.eye(9, dtype=torch.bool)
+    assert torch.allclose(E.sum(-1)[pair], torch.full((int(pair.sum()),), 2.0 - 4), atol=1e-5)
+    assert (E[~pair] == 0).all() and torch.equal(E, E.transpose(1, 2))
+
+
+def test_smiles_simplex_head_and_time_on_every_position():
+    torch.manual_seed(0)
+    net = SmilesTransformer(vocab=22, length=32, n_props=3, d_model=16, layers=1, heads=2, simplex=True,
+                            self_condition=True)
+    x = torch.randn(2, 32, 22)
+    out = net(x, torch.tensor([0.2, 0.2]))
+    assert torch.allclose(out.sum(-1), torch.full((2, 32), 2.0 - 22), atol=1e-5)
+    # the self-conditioning input changes the output; None means zeros
+    sc = torch.randn(2, 32, 22)
+    assert not torch.allclose(net(x, torch.tensor([0.2, 0.2]), self_cond=sc), out)
+    assert torch.allclose(net(x, torch.tensor([0.2, 0.2]), self_cond=torch.zeros_like(x)), out)
+    # a different noise level changes every position's output
+    other = net(x, torch.tensor([0.8, 0.8]))
+    assert ((other - out).abs().amax(-1) > 1e-6).all()
+
+
+def test_self_conditioned_smiles_sampling_is_deterministic_per_seed():
+    cfg = C.tiny()
+    cfg = dataclasses.replace(cfg, smiles=dataclasses.replace(cfg.smiles, simplex=True, self_condition=0.5))
+    torch.manual_seed(0)
+    model = MoleculeModel(cfg).eval()
+    grid = grids.make("uniform", 4, process=model.process)
+    kw = dict(solver=solvers.make("ddpm"), grid=grid, batch_size=3)
+    a = sample_smiles(model, 4, targets={"gap": 0.25}, generator=torch.Generator().manual_seed(1), **kw)
+    b = sample_smiles(model, 4, targets={"gap": 0.25}, generator=torch.Generator().manual_seed(1), **kw)
+    assert a.raw == b.raw and len(a) == 4
+    # the training loss runs the self-conditioning branch and stays finite per sample
+    batch = {"atoms": torch.full((2, 9), -1).index_fill_(1, torch.arange(3), 0),
+             "bonds": torch.zeros(2, 9, 9, dtype=torch.long),
+             "tokens": torch.tensor([[1, 1, 1] + [0] * 29] * 2),
+             "y": torch.zeros(2, 12), "y_known": torch.ones(2, 12, dtype=torch.bool)}
+    batch["bonds"][:, 0, 1] = batch["bonds"][:, 1, 0] = 1
+    batch["bonds"][:, 1, 2] = batch["bonds"][:, 2, 1] = 1
+    loss = model.train()(batch, torch.Generator().manual_seed(0))
+    assert loss.shape == (2,) and torch.isfinite(loss).all()
+
+
+def test_simplex_needs_x0_prediction():
+    with pytest.raises(ConfigError, match="x0"):
+        C.GraphConfig(simplex=True, prediction="eps")
+    with pytest.raises(ConfigError, match="x0"):
+        C.SmilesConfig(simplex=True, prediction="v")
+    with pytest.raises(ConfigError, match="self_condition"):
+        C.SmilesConfig(self_condition=1.5)
