@@ -1,16 +1,22 @@
 """imaging research benchmark: diffusion classifier, diffusion-feature probe, DDIM inversion, editing,
 PPAP expert guidance, conservativity and memorisation -> generalisation, on one trained model.
 
-    python benchmarks/imaging_research.py [--quick] [--preset default|gpu] --json PATH [--cache DIR] [--threads 1]
+    python benchmarks/imaging_research.py [--quick] [--preset default|gpu] --json PATH [--cache DIR]
+        [--model CKPT] [--threads 1]
 
-One class-conditional pixel model (the imaging ``default`` preset, trained ``train_steps`` steps,
-or ``tiny`` for ``--quick``) is trained once and cached under ``--cache`` (safetensors + JSON via
-``ImagingTask.save``); every row then uses it. Keys of the JSON (updated after every row, so a
+One class-conditional model is used by every row: ``--model CKPT`` (e.g. ``<out>/latent_model``
+written by ``benchmarks/imaging.py``), else the imaging ``latent`` preset (AutoencoderKL + UNet on
+8x8x4 latents, ``train_steps`` UNet steps; ``tiny`` pixel model for ``--quick``) trained once and
+cached under ``--cache``. For a latent model the tools work on the diffused variable (latents):
+images are encoded before classification / inversion / editing and decoded before the CNN reads
+them; PPAP experts classify noisy latents. Keys of the JSON (updated after every row, so a
 partial run leaves its figures):
 
 * ``diffusion_classifier_acc`` / ``diffusion_classifier_nfe_per_image`` — Li et al. 2023 with
-  adaptive evaluation on held-out MNIST test images; ``cnn_acc`` — the small classifier CNN of
-  ``imaging/weights`` on the same images (the anchor).
+  adaptive evaluation on held-out MNIST test images (``diffusion_classifier_vs_nfe``: accuracy of
+  cheaper schedules on the same images); ``cnn_acc`` — the small classifier CNN of
+  ``imaging/weights`` on the same images (the anchor; ``cnn_acc_autoencoded`` on their autoencoder
+  reconstructions for a latent model).
 * ``linear_probe_acc`` — softmax regression on pooled UNet features (null class, t = 0.1), on the
   whole test split.
 * ``ddim_inversion_mse_50`` (and ``ddim_inversion_mse`` per step count) — DDIM invert + resample.
@@ -45,18 +51,21 @@ if str(ROOT) not in sys.path:
 
 def settings(quick: bool, preset: str) -> dict:
     if quick:
-        return dict(preset="tiny", train_steps=30, batch=32, n_cls=20, schedule=((2, 3), (4, 1)), probe_train=256,
+        return dict(preset="tiny", train_steps=30, batch=32, n_cls=20, schedule=((2, 3), (4, 1)), cls_curve=(((2, 1),),),
+                    probe_train=256,
                     inv_n=4, inv_steps=(5, 10, 50), edit_n=6, edit_steps=10, ppap_steps=6, ppap_n=10, ppap_scale=4.0,
                     sample_steps=8, cons_n=2, cons_t=(0.1, 0.5, 0.9), cons_probes=2, gen_sizes=(4, 16),
                     gen_steps=10, gen_samples=4)
     if preset == "gpu":
         return dict(preset="gpu", train_steps=None, batch=None, n_cls=1000, schedule=((20, 5), (80, 2), (150, 1)),
+                    cls_curve=(((5, 1),), ((10, 3), (30, 1)), ((20, 5), (80, 1))),
                     probe_train=8000, inv_n=64, inv_steps=(10, 20, 50, 100), edit_n=64, edit_steps=50,
                     ppap_steps=2000, ppap_n=1000, ppap_scale=4.0, sample_steps=50, cons_n=32,
                     cons_t=(0.05, 0.1, 0.25, 0.5, 0.75, 0.9), cons_probes=8, gen_sizes=(16, 128, 1024, 4000),
                     gen_steps=5000, gen_samples=64)
-    return dict(preset="default", train_steps=500, batch=64, n_cls=100, schedule=((10, 3), (30, 1)), probe_train=2000,
-                inv_n=16, inv_steps=(10, 20, 50), edit_n=20, edit_steps=20, ppap_steps=150, ppap_n=100,
+    return dict(preset="latent", train_steps=2500, vae_steps=300, batch=64, n_cls=300,
+                schedule=((20, 5), (80, 1)), cls_curve=(((2, 1),), ((5, 1),), ((10, 3), (30, 1))), probe_train=2000,
+                inv_n=16, inv_steps=(10, 20, 50), edit_n=20, edit_steps=20, ppap_steps=400, ppap_n=200,
                 ppap_scale=4.0, sample_steps=20, cons_n=4, cons_t=(0.05, 0.1, 0.25, 0.5, 0.75, 0.9), cons_probes=4,
                 gen_sizes=(8, 64, 512), gen_steps=300, gen_samples=16)
 
@@ -76,10 +85,14 @@ def main(argv=None) -> int:
     ap.add_argument("--json", required=True)
     ap.add_argument("--cache", default=str(ROOT / "bench_out" / "imaging_research"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", default=None, help="use this trained checkpoint (e.g. <out>/latent_model of "
+                                                   "benchmarks/imaging.py) instead of training / caching one")
     ap.add_argument("--ppap-scale", type=float, default=None, help="classifier guidance scale of the PPAP row")
-    ap.add_argument("--ppap-init", default="scratch", choices=["scratch", "teacher"],
-                    help="PPAP/single experts: seeded random init with labels (default), or PPAP's recipe: start "
-                         "from the shipped clean CNN and distil it (that CNN is also the evaluator: optimistic)")
+    ap.add_argument("--ppap-init", default="scratch", choices=["scratch", "teacher", "base"],
+                    help="PPAP/single experts: seeded random init with labels (default); 'base': experts fine-tuned "
+                         "from one all-t classifier trained for half the budget (same total budget as the single "
+                         "classifier); 'teacher': start from the shipped clean CNN and distil it (pixel models "
+                         "only; that CNN is also the evaluator: optimistic)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from imaging import diagnostics as Dg
@@ -110,20 +123,32 @@ def main(argv=None) -> int:
     if s["train_steps"]:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=s["train_steps"],
                                                                  batch_size=s["batch"], device="cpu"))
-    tag = f"pixel-{s['preset']}-{cfg.train.steps}"
-    ckpt = cache / tag / "model"
+        if s.get("vae_steps"):
+            cfg = dataclasses.replace(cfg, vae_train=dataclasses.replace(cfg.vae_train, steps=s["vae_steps"],
+                                                                         batch_size=s["batch"], device="cpu"))
+    kind = "latent" if cfg.latent else "pixel"
+    tag = f"{kind}-{s['preset']}-{cfg.train.steps}"
+    ckpt = Path(a.model) if a.model else cache / tag / "model"
     t0 = time.perf_counter()
-    data = task.load_data(cfg)
-    if ckpt.is_dir() and any(ckpt.iterdir()):
+    if a.model:
         model, cfg = task.load(ckpt)
+        data = task.load_data(cfg)
+        res["model_source"] = f"given {ckpt}"
+    elif ckpt.is_dir() and any(ckpt.iterdir()):
+        model, cfg = task.load(ckpt)
+        data = task.load_data(cfg)
         res["model_source"] = f"cached {ckpt}"
     else:
+        data = task.load_data(cfg)
         model = task.build(cfg)
         model = task.train(cfg, model, data, Trainer(cfg.train, None, progress=True))
         task.save(model, cfg, ckpt)
         res["model_source"] = f"trained {cfg.train.steps} steps -> {ckpt}"
     model.eval()
     res["train_steps"] = cfg.train.steps
+    res["model_kind"] = "latent" if model.is_latent else "pixel"
+    enc = lambda im: model.encode(im.to(model.device))  # noqa: E731  identity for pixel models
+    dec = lambda z: model.decode(z)  # noqa: E731
     stage("model", t0)
     clf = load_classifier()
     te = data.test
@@ -135,10 +160,23 @@ def main(argv=None) -> int:
     # ------------------------------------------------------------------ diffusion classifier
     t0 = time.perf_counter()
     x, y = te.images[:s["n_cls"]], te.labels[:s["n_cls"]]
+    res["cnn_acc"] = float((cnn(x) == y).float().mean())
+    if model.is_latent:  # what the CNN reads after the autoencoder: a ceiling for a latent classifier
+        with torch.no_grad():
+            res["cnn_acc_autoencoded"] = float((cnn(dec(enc(x))) == y).float().mean())
+    curve = []
+    for sched in s.get("cls_curve", ()):  # accuracy vs NFE per image (same images, same seed)
+        r = classify(model, x, schedule=sched, generator=torch.Generator().manual_seed(0), progress=True)
+        curve.append({"schedule": [list(v) for v in sched], "nfe_per_image": r.nfe_per_image, "acc": r.accuracy(y)})
+        print(f"[diffusion classifier] {sched}: acc {curve[-1]['acc']:.3f} at {r.nfe_per_image:.0f} NFE/image",
+              file=sys.stderr, flush=True)
+        res["diffusion_classifier_vs_nfe"] = curve
+        write_json(out, res)
     r = classify(model, x, schedule=s["schedule"], generator=torch.Generator().manual_seed(0), progress=True)
+    curve.append({"schedule": [list(v) for v in s["schedule"]], "nfe_per_image": r.nfe_per_image, "acc": r.accuracy(y)})
     res.update(diffusion_classifier_acc=r.accuracy(y), diffusion_classifier_nfe_per_image=r.nfe_per_image,
                diffusion_classifier_schedule=[list(v) for v in s["schedule"]], diffusion_classifier_n=len(y),
-               cnn_acc=float((cnn(x) == y).float().mean()))
+               diffusion_classifier_vs_nfe=curve)
     stage("diffusion_classifier", t0)
 
     t0 = time.perf_counter()
@@ -153,7 +191,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     xi = te.images[:s["inv_n"]]
     null = model.conditional(model.labels(None, len(xi)))
-    err = E.inversion_error(null, xi, s["inv_steps"], progress=True)
+    with torch.no_grad():
+        err = E.inversion_error(null, enc(xi), s["inv_steps"], progress=True)  # in latents for latent models
     res["ddim_inversion_mse"] = err
     res["ddim_inversion_mse_50"] = err.get(50)
     stage("ddim_inversion", t0)
@@ -163,20 +202,25 @@ def main(argv=None) -> int:
     src = te.images[te.labels == 1][:n]
     tgt_den = model.conditional(model.labels(7, len(src)))
     g = torch.Generator().manual_seed(0)
-    res["sdedit_target_acc"] = float((cnn(E.sdedit(tgt_den, src, strength=0.6, steps=st, generator=g)) == 7)
-                                     .float().mean())
+    with torch.no_grad():
+        sde = dec(E.sdedit(tgt_den, enc(src), strength=0.6, steps=st, generator=g))
+    res["sdedit_target_acc"] = float((cnn(sde) == 7).float().mean())
     src_den = model.conditional(model.labels(1, len(src)))
-    cyc = E.cycle_diffusion(src_den, tgt_den, src, steps=st, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cyc = dec(E.cycle_diffusion(src_den, tgt_den, enc(src), steps=st, generator=torch.Generator().manual_seed(0)))
     res["cycle_target_acc"] = float((cnn(cyc) == 7).float().mean())
     # BoundaryDiffusion: attribute "is a 1" vs "is a 0" in the unconditional (null-class) latent space
     pool = te.images[(te.labels == 0) | (te.labels == 1)][:4 * n]
     attr = te.labels[(te.labels == 0) | (te.labels == 1)][:4 * n] == 1
     den = model.conditional(model.labels(None, len(pool)))
-    t_m, _ = E.mixing_step(den, pool, steps=st)
-    z = E.ddim_invert(den, pool, steps=st, t_max=t_m)
+    with torch.no_grad():
+        pool_z = enc(pool)
+        t_m, _ = E.mixing_step(den, pool_z, steps=st)
+        z = E.ddim_invert(den, pool_z, steps=st, t_max=t_m)
     bd = E.fit_boundary(z, attr, t_m)
-    zeros = pool[~attr][:n]
-    edited = E.boundary_edit(model.conditional(model.labels(None, len(zeros))), zeros, bd, to=True, steps=st)
+    zeros = pool_z[~attr][:n]
+    with torch.no_grad():
+        edited = dec(E.boundary_edit(model.conditional(model.labels(None, len(zeros))), zeros, bd, to=True, steps=st))
     res.update(boundary_mixing_t=t_m, boundary_train_acc=bd.accuracy,
                boundary_flip_rate=float((cnn(edited) == 1).float().mean()))
     stage("editing", t0)
@@ -208,6 +252,7 @@ def main(argv=None) -> int:
     res["generalization_curve"] = rows
     res["generalization_similarity"] = rows[-1]["cosine"]
     res["generalization_model_preset"] = "tiny" if s["preset"] != "gpu" else s["preset"]
+    cache.mkdir(parents=True, exist_ok=True)
     Dg.plot_curve(rows, cache / ("generalization_quick.png" if a.quick else "generalization.png"))
     stage("generalization", t0)
 

@@ -70,17 +70,19 @@ def make_autoencoder(*, in_channels: int = 1, latent_channels: int = 4,
 
 
 class DigitClassifier(nn.Module):
-    """Small CNN on ``[B, in_channels, 32, 32]`` images in [-1, 1].
+    """Small CNN on ``[B, in_channels, input_size, input_size]`` inputs (images in [-1, 1], or
+    latents for classifiers of a latent model, e.g. ``input_size=8``).
 
     ``features(x) -> [B, feature_dim]`` (penultimate layer, after ReLU) is the embedding of the
     image metrics; ``forward(x) -> logits [B, num_classes]``. Other input sizes are resized to
-    32x32 bilinearly."""
+    ``input_size`` bilinearly."""
 
     def __init__(self, *, in_channels: int = 1, num_classes: int = 10, width: int = 16,
-                 feature_dim: int = 64):
+                 feature_dim: int = 64, input_size: int = 32):
         super().__init__()
         w = width
         self.in_channels, self.num_classes, self.width, self.feature_dim = in_channels, num_classes, width, feature_dim
+        self.input_size = int(input_size)
 
         def block(cin, cout):
             return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
@@ -95,16 +97,20 @@ class DigitClassifier(nn.Module):
 
     def config(self) -> dict:
         """Constructor keyword arguments (stored beside the weights)."""
-        return {"in_channels": self.in_channels, "num_classes": self.num_classes, "width": self.width,
-                "feature_dim": self.feature_dim}
+        cfg = {"in_channels": self.in_channels, "num_classes": self.num_classes, "width": self.width,
+               "feature_dim": self.feature_dim}
+        if self.input_size != 32:
+            cfg["input_size"] = self.input_size
+        return cfg
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate features ``[B, feature_dim]`` of images ``x: [B, C, H, W]``."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"classifier expects [B, {self.in_channels}, H, W] images, got {tuple(x.shape)}")
-        if x.shape[-2:] != (32, 32):
-            x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False,
-                              antialias=x.shape[-1] > 32)
+        n = self.input_size
+        if x.shape[-2:] != (n, n):
+            x = F.interpolate(x, size=(n, n), mode="bilinear", align_corners=False,
+                              antialias=x.shape[-1] > n)
         h = self.body(x).flatten(1)  # [B, 4w]
         return F.relu(self.fc(h))
 

@@ -151,9 +151,12 @@ def gpu() -> ImagingConfig:
 
 def latent() -> ImagingConfig:
     """Latent diffusion on the CPU: AutoencoderKL 32x32x1 -> 8x8x4 (300 steps), then a ~0.7M
-    two-level UNet on the latents (800 steps; each step costs ~1/6 of a pixel step)."""
+    two-level UNet on the latents (2,500 steps of 64; each step costs ~1/6 of a pixel step), CFG
+    scale 3. This is the recipe of ``benchmarks/imaging.py``: guided class accuracy 0.979 at scale 3
+    on 1,000 samples, digits FD 1.03 (0.83 at 800 steps: class conditioning is learned late)."""
     d = default()
     return replace(d, latent=True,
                    vae=VAEConfig(block_out_channels=(16, 32, 32)),
                    unet=UNetConfig(block_out_channels=(32, 64), attention=(False, True)),
-                   train=replace(d.train, steps=800, warmup_steps=50))
+                   train=replace(d.train, steps=2500, warmup_steps=50),
+                   sample=replace(d.sample, guidance_scale=3.0))

@@ -167,13 +167,14 @@ class ImagingModel(nn.Module):
     @torch.no_grad()
     def sample(self, labels: Tensor | Sequence[int] | None, *, solver, grid: Tensor, n: int | None = None,
                guidance_scale: float = 1.0, guidance_interval: tuple[float, float] | None = None,
-               generator: torch.Generator | None = None, seeds: Sequence[int] | None = None,
+               guidance_rescale: float = 0.0, generator: torch.Generator | None = None, seeds: Sequence[int] | None = None,
                batch_size: int = 250, hooks=(), progress: bool = False, decode: bool = True) -> Tensor:
         """Draw images ``[B, C, H, W]`` (raw sampler output; not clipped for pixel models).
 
         labels: class ids ``[B]`` (or None with ``n`` for unconditional samples).
         solver / grid: a :mod:`shared.solvers` solver and a decreasing grid from :mod:`shared.grid`.
-        guidance_scale / guidance_interval: classifier-free guidance (see :meth:`guided`).
+        guidance_scale / guidance_interval / guidance_rescale: classifier-free guidance (see
+            :meth:`guided`).
         generator / seeds: per-sample randomness (see :func:`per_sample_generators`); a sample
             depends only on its seed, not on ``batch_size``.
         """
@@ -195,7 +196,7 @@ class ImagingModel(nn.Module):
                 e = min(B, s + batch_size)
                 yc = y[s:e] if y is not None else None
                 g = gens[s:e]
-                den = self.guided(yc, guidance_scale, interval=guidance_interval)
+                den = self.guided(yc, guidance_scale, interval=guidance_interval, rescale=guidance_rescale)
                 x_T = prior((e - s, *self.data_shape), process=self.process, t=float(grid[0]),
                             space=self.space, generator=g).to(self.device)
                 x = run_sampler(den, x_T, grid, solver, process=self.process, space=self.space,

@@ -44,17 +44,22 @@ def uniform_intervals(n: int) -> list[tuple[float, float]]:
 def train_experts(model, images: Tensor, labels: Tensor | None = None, *,
                   intervals: Sequence[tuple[float, float]] = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)),
                   steps: int = 300, batch_size: int = 64, lr: float = 2e-3, teacher: torch.nn.Module | None = None,
-                  init: str = "scratch", seed: int = 0, progress: bool = False, **classifier_kw) -> list:
+                  init: str = "scratch", base: torch.nn.Module | None = None, seed: int = 0, progress: bool = False,
+                  **classifier_kw) -> list:
     """Train one noise-aware expert per interval of ``t``.
 
     model: the :class:`~imaging.model.ImagingModel` whose process noises the inputs
-        (``x_t = alpha x0 + sigma eps``, ``t`` uniform in the expert's interval).
+        (``x_t = alpha x0 + sigma eps``, ``t`` uniform in the expert's interval). For a latent
+        model the experts classify noisy latents (images are encoded first; ``input_size`` =
+        latent size), so guidance acts on the variable the sampler integrates.
     images / labels: ``[N, C, H, W]`` in [-1, 1] and ``[N]`` class ids (labels may be None with
         a ``teacher``).
     teacher: off-the-shelf clean classifier; when given, the loss is
         ``KL(softmax(teacher(x0)) || softmax(expert(x_t)))`` (PPAP's data-free transfer) instead
         of cross-entropy on labels.
-    init: ``"scratch"`` (seeded random init) or ``"teacher"`` (copy the teacher's weights).
+    init: ``"scratch"`` (seeded random init), ``"teacher"`` (copy the teacher's weights) or
+        ``"base"`` (copy ``base``, e.g. a noise-aware classifier trained on all t: PPAP's
+        "fine-tune a shared classifier per interval").
     steps: optimizer steps per expert (batch ``batch_size``).
     Returns ``[(t_lo, t_hi, expert)]`` with experts in eval mode, ready for
     :func:`guided_denoiser`.
@@ -65,17 +70,26 @@ def train_experts(model, images: Tensor, labels: Tensor | None = None, *,
     from .backbones import DigitClassifier
     from .data import ImageSet
 
-    if getattr(model, "is_latent", False):
-        raise ValueError("PPAP experts classify pixels x_t: use a pixel model (latent=False)")
+    latent = bool(getattr(model, "is_latent", False))
+    if latent and teacher is not None:
+        raise ValueError("a clean pixel-space teacher cannot supervise latent experts: train latent experts "
+                         "on labels (teacher=None)")
     if labels is None and teacher is None:
         raise ValueError("train_experts needs labels or a teacher classifier")
-    if init not in ("scratch", "teacher"):
-        raise ValueError(f"init must be 'scratch' or 'teacher', got {init!r}")
+    if init not in ("scratch", "teacher", "base"):
+        raise ValueError(f"init must be 'scratch', 'teacher' or 'base', got {init!r}")
     if init == "teacher" and teacher is None:
         raise ValueError("init='teacher' needs teacher=")
+    if init == "base" and base is None:
+        raise ValueError("init='base' needs base=")
     for lo, hi in intervals:
         if not 0.0 <= lo < hi <= 1.0:
             raise ValueError(f"intervals must satisfy 0 <= t_lo < t_hi <= 1, got {(lo, hi)}")
+    if latent:  # experts classify the diffused variable: scaled posterior means of the autoencoder
+        with torch.no_grad():
+            images = torch.cat([model.encode(images[i:i + 500].to(model.device)).cpu()
+                                for i in range(0, images.shape[0], 500)])
+        classifier_kw.setdefault("input_size", int(images.shape[-1]))
     data = ImageSet(images, labels if labels is not None else torch.zeros(len(images), dtype=torch.long))
     proc, sp = model.process, model.space
     num_classes = classifier_kw.pop("num_classes", getattr(model, "num_classes", 0) or 10)
@@ -86,8 +100,8 @@ def train_experts(model, images: Tensor, labels: Tensor | None = None, *,
     out = []
     for k, (lo, hi) in enumerate(intervals):
         torch.manual_seed(seed + k)
-        if init == "teacher":
-            expert = copy.deepcopy(teacher)
+        if init in ("teacher", "base"):
+            expert = copy.deepcopy(teacher if init == "teacher" else base)
             for p in expert.parameters():
                 p.requires_grad_(True)
         else:
@@ -176,7 +190,11 @@ def compare(model, train_images: Tensor, train_labels: Tensor, *, n: int = 100, 
     """Class accuracy (by the metric classifier of :mod:`imaging.metrics`) of ``n`` class-balanced
     samples: PPAP (``n_experts`` interval experts, ``steps`` each), one classifier trained on all
     ``t`` with the same total budget (``n_experts * steps``), classifier-free guidance at
-    ``cfg_scale``, and unguided unconditional samples. Same seeds for every method."""
+    ``cfg_scale``, and unguided unconditional samples. Same seeds for every method.
+
+    ``init="base"``: PPAP's fine-tuning recipe at the same total budget: one classifier trained on
+    all ``t`` for ``n_experts * steps / 2`` steps, then each expert fine-tuned from it on its
+    interval for ``steps / 2`` steps."""
     from shared import grid as grids
     from shared import solvers as S
 
@@ -185,10 +203,19 @@ def compare(model, train_images: Tensor, train_labels: Tensor, *, n: int = 100, 
     K = model.num_classes
     labels = torch.arange(n) % K
     seeds = list(range(seed, seed + n))
-    experts = train_experts(model, train_images, train_labels, intervals=uniform_intervals(n_experts), steps=steps,
-                            init=init, teacher=teacher, seed=seed, progress=progress)
-    single = train_experts(model, train_images, train_labels, intervals=[(0.0, 1.0)], steps=n_experts * steps,
-                           init=init, teacher=teacher, seed=seed + 100, progress=progress)
+    if init == "base":
+        half = max(1, steps // 2)
+        base = train_experts(model, train_images, train_labels, intervals=[(0.0, 1.0)], steps=n_experts * half,
+                             seed=seed + 200, progress=progress)[0][2]
+        experts = train_experts(model, train_images, train_labels, intervals=uniform_intervals(n_experts),
+                                steps=half, init="base", base=base, seed=seed, progress=progress)
+        single = train_experts(model, train_images, train_labels, intervals=[(0.0, 1.0)], steps=n_experts * steps,
+                               seed=seed + 100, progress=progress)
+    else:
+        experts = train_experts(model, train_images, train_labels, intervals=uniform_intervals(n_experts),
+                                steps=steps, init=init, teacher=teacher, seed=seed, progress=progress)
+        single = train_experts(model, train_images, train_labels, intervals=[(0.0, 1.0)], steps=n_experts * steps,
+                               init=init, teacher=teacher, seed=seed + 100, progress=progress)
     clf = load_classifier()
     solver, grid = S.make("ddim"), grids.make("uniform", sample_steps, process=model.process)
 
@@ -217,7 +244,9 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, default=4.0, help="classifier guidance scale")
     ap.add_argument("--cfg-scale", type=float, default=2.0)
     ap.add_argument("--n", type=int, default=100, help="samples per method")
-    ap.add_argument("--init", default="scratch", choices=["scratch", "teacher"])
+    ap.add_argument("--init", default="scratch", choices=["scratch", "teacher", "base"],
+                    help="experts from scratch, from the clean CNN (teacher), or fine-tuned from one classifier "
+                         "trained on all t for half the budget (base)")
     ap.add_argument("--distill", action="store_true", help="train experts by knowledge transfer from the shipped "
                                                            "clean classifier (no labels)")
     ap.add_argument("--seed", type=int, default=0)

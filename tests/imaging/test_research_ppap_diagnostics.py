@@ -98,6 +98,25 @@ def test_train_experts_on_tiny_model(trained, tiny_data):
         ppap.train_experts(model, tr.images[:8], None)
 
 
+def test_train_experts_on_tiny_latent_model_classify_latents(trained_latent, tiny_data):
+    model = trained_latent[0]
+    tr = tiny_data.train
+    experts = ppap.train_experts(model, tr.images[:32], tr.labels[:32], intervals=ppap.uniform_intervals(2), steps=2,
+                                 batch_size=16)
+    C, H, W = model.data_shape
+    clf = experts[0][2]
+    assert clf.in_channels == C and clf.input_size == H  # experts see latents x_t, not pixels
+    x = ppap.guided_sample(model, torch.tensor([3, 4]), experts, scale=2.0, steps=3, seeds=[0, 1])
+    assert x.shape == (2, *model.image_shape) and torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="teacher"):
+        ppap.train_experts(model, tr.images[:8], tr.labels[:8], teacher=clf)
+    with pytest.raises(ValueError, match="base="):
+        ppap.train_experts(model, tr.images[:8], tr.labels[:8], init="base")
+    tuned = ppap.train_experts(model, tr.images[:32], tr.labels[:32], intervals=[(0.0, 0.5)], steps=1,
+                               batch_size=16, init="base", base=clf)
+    assert tuned[0][2] is not clf and tuned[0][2].input_size == H  # a fine-tuned copy, base left as it was
+
+
 def test_conservativity_zero_for_gradient_field_high_for_rotation():
     stub = Stub()
     field = Dg.eps_field(stub.conditional(None))
