@@ -378,6 +378,39 @@ def test_condition_scores_pick_the_right_component():
     assert (sc.argmax(1) == labels).all()
 
 
+@pytest.mark.parametrize("weighting", ["eps", "elbo"])
+def test_condition_scores_stacked_calls_equal_one_call_per_pair(weighting):
+    from shared.likelihood import condition_scores
+
+    proc = P.DiscreteVP.from_betas("linear")
+    comps = [GMM(torch.tensor([[c, -c]], dtype=F64), torch.tensor([0.05], dtype=F64),
+                 torch.tensor([1.0], dtype=F64)) for c in (-1.0, 0.0, 1.0)]
+    calls = []
+
+    class Den:  # per-row condition tensors: a row's output depends only on its own label
+        process = proc
+
+        def __call__(self, x, t, cond):
+            calls.append(x.shape[0])
+            outs = torch.stack([c.denoiser(proc)(x, t) for c in comps])  # [K, rows, 2]
+            return outs[cond, torch.arange(x.shape[0])]
+
+    labels = torch.tensor([0, 1, 2] * 4)
+    x = torch.stack([comps[int(c)].sample(1, torch.Generator().manual_seed(i))[0]
+                     for i, c in enumerate(labels)])
+    conds = [torch.full((12,), k) for k in range(3)]
+    kw = dict(n_samples=8, weighting=weighting)
+    one = condition_scores(Den(), x, conds, generator=torch.Generator().manual_seed(0),
+                           max_batch=None, **kw)
+    assert calls == [12] * 24
+    calls.clear()
+    stacked = condition_scores(Den(), x, conds, generator=torch.Generator().manual_seed(0),
+                               max_batch=120, **kw)
+    assert calls == [120, 120, 48]  # 10 pairs of 12 rows per call
+    torch.testing.assert_close(stacked, one, rtol=1e-12, atol=1e-12)
+    assert (stacked.argmax(1) == labels).all() or weighting == "elbo"
+
+
 def test_diagnostics_gradient_vs_rotational():
     from shared.diagnostics import jacobian_asymmetry, loop_integral, model_agreement, solver_error
 
