@@ -111,7 +111,7 @@ def main(argv=None) -> dict:
         Path(args.json).write_text(json.dumps(_nan_to_none(res), indent=1, default=float) + "\n")
         return res
 
-    from molecules.metrics import regression_metrics, validity_report
+    from molecules.metrics import invalidity_breakdown, regression_metrics, validity_report
     from molecules.task import MoleculesTask, PropertyGuidance, predict_properties, sample_smiles
     from shared import grid as grids
     from shared import solvers
@@ -160,6 +160,7 @@ def main(argv=None) -> dict:
             if "novelty_qm9" in ev:
                 res["novelty_qm9"] = ev["novelty_qm9"]
             res["graph_wall_s_per_1000"] = row["wall_s_per_1000"]
+            res["graph_invalidity"] = invalidity_breakdown(s.atoms, s.bonds)
             task.plot(s, data, Path(args.json).with_suffix(".png"))
             uncond_graph_pred = s.pred
     data.extra["novelty_vs_qm9"] = False
@@ -276,6 +277,11 @@ def _print_table(r: dict) -> None:
               f"{_fmt(a['connectivity'])} | {_fmt(a['valid_connected'])} | - |")
     for k, v in r["reported"].items():
         print(f"| reported: {k} | {v['validity']:.3f} | {v['uniqueness']:.3f} | - | - | - | - |")
+    if "graph_invalidity" in r:
+        b = r["graph_invalidity"]
+        print(f"\nheadline graph samples: valid {b['frac_valid']:.3f} (of which fragmented {b['frac_valid_fragmented']:.3f}), "
+              f"valence excess {b['frac_valence']:.3f} ({b['mean_overvalent_atoms']:.2f} over-valent atoms each), "
+              f"other sanitisation failures {b['frac_other_invalid']:.3f}, charged atoms {b['frac_charged_atoms']:.3f}")
     if "novelty_qm9" in r:
         print(f"\nnovelty vs all 133k QM9: {r['novelty_qm9']:.3f}")
     print("\n| inverse design, gap targets of held-out molecules | R² | MAE (Hartree) | validity | molecules scored |")

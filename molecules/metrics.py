@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["sanitize", "largest_fragment", "validity_report", "distribution_metrics",
+__all__ = ["sanitize", "largest_fragment", "validity_report", "invalidity_breakdown", "distribution_metrics",
            "rdkit_descriptor", "descriptor_table", "regression_metrics", "draw_grid", "qed_sa"]
 
 
@@ -80,6 +80,48 @@ def validity_report(samples: Sequence, reference: Iterable[str] | None = None,
         ref = reference if isinstance(reference, (set, frozenset)) else set(reference)
         out[reference_name] = (len(uniq - ref) / len(uniq)) if uniq else 0.0
     return out
+
+
+#: Highest total bond order (implicit H) per atom class of :data:`molecules.data.ATOM_TYPES`.
+MAX_VALENCE: tuple[int, ...] = (4, 3, 2, 1, 4, 1, 2, 3)
+
+
+def invalidity_breakdown(atoms, bonds) -> dict[str, float]:
+    """Why dense generated graphs are (in)valid, as fractions of all samples: ``frac_valid``
+    (sanitises), ``frac_valence`` (some atom's bond orders exceed its class's valence),
+    ``frac_other_invalid`` (no valence excess but sanitisation fails, e.g. aromaticity),
+    ``frac_valid_fragmented`` (valid but more than one fragment), ``mean_overvalent_atoms``
+    (among valence failures) and ``frac_charged_atoms`` (charged classes among all atoms).
+    ``atoms [n, N]`` (-1 absent), ``bonds [n, N, N]`` classes (bond order = class)."""
+    import torch
+
+    from .data import dense_to_mol
+
+    Chem = _chem()
+    atoms, bonds = torch.as_tensor(atoms), torch.as_tensor(bonds)
+    n = atoms.shape[0]
+    if n == 0:
+        raise ValueError("no samples to break down")
+    maxv = torch.tensor(MAX_VALENCE)
+    present = atoms >= 0
+    order = (bonds * (present[:, :, None] & present[:, None, :])).sum(-1)
+    over = (order > maxv[atoms.clamp_min(0)]) & present
+    n_over = over.sum(1)
+    valid = frag = valence = other = 0
+    for i in range(n):
+        m = dense_to_mol(atoms[i], bonds[i])
+        if m is not None:
+            valid += 1
+            frag += len(Chem.GetMolFrags(m)) > 1
+        elif n_over[i] > 0:
+            valence += 1
+        else:
+            other += 1
+    bad = n_over[n_over > 0]
+    return {"frac_valid": valid / n, "frac_valence": valence / n, "frac_other_invalid": other / n,
+            "frac_valid_fragmented": frag / n,
+            "mean_overvalent_atoms": float(bad.float().mean()) if bad.numel() else 0.0,
+            "frac_charged_atoms": float(((atoms >= 4) & present).sum()) / max(1, int(present.sum()))}
 
 
 def qed_sa(mols: Sequence) -> tuple[np.ndarray, np.ndarray]:

@@ -70,3 +70,22 @@ def test_draw_grid(tmp_path):
     with pytest.raises(ValueError, match="no valid"):
         M.draw_grid([None], tmp_path / "h.png")
     assert not (tmp_path / "h.png").exists()
+
+
+def test_invalidity_breakdown_on_known_graphs():
+    import torch
+
+    from molecules.metrics import invalidity_breakdown
+
+    atoms = torch.full((3, 9), -1)
+    bonds = torch.zeros(3, 9, 9, dtype=torch.long)
+    atoms[0, :3] = 0                      # C-C=C: valid
+    bonds[0, 0, 1] = bonds[0, 1, 0] = 1
+    bonds[0, 1, 2] = bonds[0, 2, 1] = 2
+    atoms[1, :2] = torch.tensor([3, 2])   # F=O: fluorine over-valent (one atom)
+    bonds[1, 0, 1] = bonds[1, 1, 0] = 2
+    atoms[2, :2] = 0                      # two separate carbons: valid but fragmented
+    b = invalidity_breakdown(atoms, bonds)
+    assert b["frac_valid"] == 2 / 3 and b["frac_valence"] == 1 / 3 and b["frac_other_invalid"] == 0
+    assert b["frac_valid_fragmented"] == 1 / 3 and b["mean_overvalent_atoms"] == 1.0
+    assert b["frac_charged_atoms"] == 0.0
