@@ -59,7 +59,7 @@ def build_config(quick: bool, cache_dir: str, steps: int = 0, n_train: int = 0, 
         train = replace(cfg.train, steps=80, warmup_steps=8, log_every=20)
     else:
         data = replace(cfg.data, n_train=300, n_val=0, n_test=40, cache_dir=cache_dir)
-        train = replace(cfg.train, steps=DEFAULT_STEPS, warmup_steps=DEFAULT_STEPS // 10, log_every=50)
+        train = replace(cfg.train, steps=DEFAULT_STEPS, warmup_steps=20, log_every=50)
     if steps:
         train = replace(train, steps=steps, warmup_steps=min(train.warmup_steps, steps // 10))
     if n_train or n_test:
@@ -67,7 +67,7 @@ def build_config(quick: bool, cache_dir: str, steps: int = 0, n_train: int = 0, 
     return replace(cfg, data=data, model=model, loss=loss, train=train)
 
 
-DEFAULT_STEPS = 200
+DEFAULT_STEPS = 300
 
 
 # --------------------------------------------------------------------------- RetinaNet baseline
