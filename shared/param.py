@@ -173,8 +173,7 @@ class Denoiser(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, cond=None, **kw) -> Tensor:
         """``x0_hat: [B, *S]`` for ``x: [B, *S]``, ``t: [B]``."""
-        x_in, t_in = self.net_inputs(x, t)  # = self.raw(x, t, cond, **kw), one call less
-        out = self.net(x_in, t_in, cond, **kw)
+        out = self.raw(x, t, cond, **kw)
         # convert(out, prediction, "x0", ...) without re-validating names checked in __init__
         return _to_x0_eps(out, self.prediction, x, t, self.process, self.space, self.sigma_data)[0]
 
