@@ -262,11 +262,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(res, indent=1))
-    if a.json:
-        from shared.checkpoint import atomic_write_text
+    from .metrics import report_json
 
-        atomic_write_text(a.json, json.dumps(res, indent=1) + "\n")
+    report_json(res, a.json)
     return 0
 
 

@@ -18,7 +18,6 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -332,11 +331,9 @@ def main(argv=None) -> int:
         pr = linear_probe(model, tr.images[:m], tr.labels[:m], te.images, te.labels, t=a.probe_t,
                           generator=torch.Generator().manual_seed(a.seed), progress=True)
         out["linear_probe_acc"] = pr["accuracy"]
-    print(json.dumps(out, indent=1))
-    if a.json:
-        from pathlib import Path
+    from .metrics import report_json
 
-        Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
+    report_json(out, a.json)
     return 0
 
 

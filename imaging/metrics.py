@@ -143,3 +143,14 @@ def image_metrics(images: Tensor, reference: Tensor, labels: Tensor | None = Non
         if keep.any():
             out["class_accuracy"] = class_accuracy(logits[keep], lab[keep])
     return out
+
+
+def report_json(result: dict, path: str | Path | None = None) -> None:
+    """Print a CLI's result dict as JSON and, if ``path`` is given, also write it there
+    atomically (what the imaging research CLIs do with ``--json``)."""
+    text = json.dumps(result, indent=1)
+    print(text)
+    if path:
+        from shared.checkpoint import atomic_write_text
+
+        atomic_write_text(path, text + "\n")

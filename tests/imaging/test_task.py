@@ -105,3 +105,17 @@ def test_train_cli(tmp_path):
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
     with pytest.raises(SystemExit):
         main(["--preset", "tiny", "--out", str(tmp_path / "r2"), "--bogus"])
+
+
+def test_report_json_prints_and_writes_atomically(tmp_path, capsys):
+    import json
+
+    from imaging.metrics import report_json
+
+    res = {"diffusion_classifier_acc": 0.5, "n_images": 4}
+    out = tmp_path / "sub" / "res.json"
+    report_json(res, out)
+    assert json.loads(capsys.readouterr().out) == res
+    assert json.loads(out.read_text()) == res and not list(out.parent.glob("*.tmp*"))
+    report_json(res, None)  # stdout only
+    assert json.loads(capsys.readouterr().out) == res
