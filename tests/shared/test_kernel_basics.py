@@ -329,6 +329,46 @@ def test_sampling_fast_path_equals_plain_path(solver, monkeypatch):
     torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_affine_x0_folded_into_ddim_and_euler_steps(prediction):
+    # Denoiser.affine gives x0_hat = p x + q out; DDIM/Euler fold it into their update. The
+    # folded step must equal the step through x0_hat (float64 rounding), also for bound
+    # denoisers, and a subclass that overrides forward must be called, not bypassed.
+    from shared.process import registered_times
+
+    proc = P.CosineVP()
+    net = lambda x, t, cond=None: 0.3 * x + 0.1 * t.reshape(-1, 1) + (0 if cond is None else cond)  # noqa: E731,E501
+    den = Denoiser(net, proc, prediction)
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    tcol = torch.tensor([0.8, 0.5], dtype=torch.float64)
+    t, tn = tcol.unsqueeze(1).expand(-1, 4).unbind(0)
+    with registered_times((t, tn), tcol.tolist()):
+        out, p, q = den.affine(x, t)
+        torch.testing.assert_close(p * x + q * out, den(x, t), rtol=1e-13, atol=1e-13)
+        for name in ("ddim", "euler"):
+            folded, _ = make(name).step(den, x, t, tn, (), process=proc, space=den.space)
+            plain, _ = make(name).step(lambda x_, t_: den(x_, t_), x, t, tn, (), process=proc,
+                                       space=den.space)
+            torch.testing.assert_close(folded, plain, rtol=1e-13, atol=1e-13)
+            bound = den.bind(cond=1.0)
+            got, _ = make(name).step(bound, x, t, tn, (), process=proc, space=den.space)
+            want, _ = make(name).step(lambda x_, t_: bound(x_, t_), x, t, tn, (), process=proc,
+                                      space=den.space)
+            torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+
+        class Clamped(Denoiser):
+            def forward(self, x, t, cond=None):
+                return super().forward(x, t, cond).clamp(-0.1, 0.1)
+
+        cl = Clamped(net, proc, prediction)
+        assert cl.affine(x, t) is None
+        step, _ = make("euler").step(cl, x, t, tn, (), process=proc, space=cl.space)
+        want, _ = make("euler").step(lambda x_, t_: cl(x_, t_), x, t, tn, (), process=proc,
+                                     space=cl.space)
+        assert torch.equal(step, want)
+    assert den.affine(x, t) is None  # outside a sampling loop: no float time, no affine form
+
+
 def test_masked_fixed_entries_agree_between_training_and_sampling():
     from shared.sample import prior
 
