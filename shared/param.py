@@ -191,21 +191,26 @@ class Denoiser(nn.Module):
                 self.prediction not in ("eps", "x0", "v"):
             return None
         memo = step_memo(self.process)
-        key = ("x0_affine", self.prediction, u)
-        pq = memo.get(key)
-        if pq is None:
+        key = ("x0_affine", self.prediction, self.time_input, u, t.shape[0], x.dtype)
+        e = memo.get(key)
+        if e is None:
             A, S = uniform_value(self.process.alpha(t)), uniform_value(self.process.sigma(t))
             if A is None or S is None or (self.prediction == "eps" and A == 0.0):
                 return None
             if self.prediction == "eps":  # x0 = (x - S eps) / A
-                pq = (1.0 / A, -S / A)
+                p, q = 1.0 / A, -S / A
             elif self.prediction == "x0":
-                pq = (0.0, 1.0)
+                p, q = 0.0, 1.0
             else:  # v: x0 = (A x - S v) / (A^2 + S^2)
                 n = A * A + S * S
-                pq = (A / n, -S / n)
-            memo[key] = pq
-        return self.raw(x, t, cond, **kw), pq[0], pq[1]
+                p, q = A / n, -S / n
+            # the network's time input depends only on (t, dtype) for these predictions
+            e = memo[key] = (p, q, Denoiser.net_inputs(self, x, t)[1])
+        if type(self).raw is Denoiser.raw and type(self).net_inputs is Denoiser.net_inputs:
+            out = self.net(x, e[2], cond, **kw)
+        else:
+            out = self.raw(x, t, cond, **kw)
+        return out, e[0], e[1]
 
     def bind(self, cond=None, **kw) -> DenoiseFn:
         """``(x, t) -> x0_hat`` with the condition and extra keyword arguments bound."""

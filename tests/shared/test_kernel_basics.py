@@ -366,6 +366,16 @@ def test_affine_x0_folded_into_ddim_and_euler_steps(prediction):
         want, _ = make("euler").step(lambda x_, t_: cl(x_, t_), x, t, tn, (), process=proc,
                                      space=cl.space)
         assert torch.equal(step, want)
+
+        class Shifted(Denoiser):  # a raw() override (the subclass hook) is honoured by affine
+            def raw(self, x, t, cond=None):
+                return super().raw(x, t, cond) + 0.01
+
+        sh = Shifted(net, proc, prediction)
+        step, _ = make("ddim").step(sh, x, t, tn, (), process=proc, space=sh.space)
+        want, _ = make("ddim").step(lambda x_, t_: sh(x_, t_), x, t, tn, (), process=proc,
+                                    space=sh.space)
+        torch.testing.assert_close(step, want, rtol=1e-13, atol=1e-13)
     assert den.affine(x, t) is None  # outside a sampling loop: no float time, no affine form
 
 
