@@ -2,7 +2,7 @@
 PPAP expert guidance, conservativity and memorisation -> generalisation, on one trained model.
 
     python benchmarks/imaging_research.py [--quick] [--preset default|gpu] --json PATH [--cache DIR]
-        [--model CKPT] [--threads 1]
+        [--model CKPT] [--threads 1] [--ppap-only]
 
 One class-conditional model is used by every row: ``--model CKPT`` (e.g. ``<out>/latent_model``
 written by ``benchmarks/imaging.py``), else the imaging ``latent`` preset (AutoencoderKL + UNet on
@@ -24,7 +24,9 @@ partial run leaves its figures):
   images the CNN reads as the target class / attribute.
 * ``ppap_cond_acc`` vs ``single_classifier_cond_acc``, ``cfg_cond_acc``, ``unguided_acc`` — class
   accuracy (CNN) of guided samples: 4 interval experts vs one classifier with the same training
-  budget vs classifier-free guidance.
+  budget (both fine-tuned from one classifier of the clean input and distilled from its soft
+  labels, PPAP's recipe; each arm at its most accurate guidance scale on validation seeds) vs
+  classifier-free guidance. ``--ppap-only`` runs just this row.
 * ``conservativity_asym_mid_noise`` — Jacobian asymmetry of the eps field at t = 0.5
   (``conservativity`` has every t, with loop integrals).
 * ``generalization_similarity`` — cosine similarity of samples from two models trained on disjoint
@@ -54,19 +56,22 @@ def settings(quick: bool, preset: str) -> dict:
         return dict(preset="tiny", train_steps=30, batch=32, n_cls=20, schedule=((2, 3), (4, 1)), cls_curve=(((2, 1),),),
                     probe_train=256,
                     inv_n=4, inv_steps=(5, 10, 50), edit_n=6, edit_steps=10, ppap_steps=6, ppap_n=10, ppap_scale=4.0,
+                    ppap_clean_steps=6, ppap_scales=(2.0, 8.0), ppap_select_n=10,
                     sample_steps=8, cons_n=2, cons_t=(0.1, 0.5, 0.9), cons_probes=2, gen_sizes=(4, 16),
                     gen_steps=10, gen_samples=4)
     if preset == "gpu":
         return dict(preset="gpu", train_steps=None, batch=None, n_cls=1000, schedule=((20, 5), (80, 2), (150, 1)),
                     cls_curve=(((5, 1),), ((10, 3), (30, 1)), ((20, 5), (80, 1))),
                     probe_train=8000, inv_n=64, inv_steps=(10, 20, 50, 100), edit_n=64, edit_steps=50,
-                    ppap_steps=2000, ppap_n=1000, ppap_scale=4.0, sample_steps=50, cons_n=32,
+                    ppap_steps=2000, ppap_n=1000, ppap_scale=4.0, ppap_clean_steps=4000,
+                    ppap_scales=(2.0, 4.0, 8.0, 16.0, 32.0), ppap_select_n=500, sample_steps=50, cons_n=32,
                     cons_t=(0.05, 0.1, 0.25, 0.5, 0.75, 0.9), cons_probes=8, gen_sizes=(16, 128, 1024, 4000),
                     gen_steps=5000, gen_samples=64)
     return dict(preset="latent", train_steps=2500, vae_steps=300, batch=64, n_cls=300,
                 schedule=((20, 5), (80, 1)), cls_curve=(((2, 1),), ((5, 1),), ((10, 3), (30, 1))), probe_train=2000,
-                inv_n=16, inv_steps=(10, 20, 50), edit_n=20, edit_steps=20, ppap_steps=400, ppap_n=200,
-                ppap_scale=4.0, sample_steps=20, cons_n=4, cons_t=(0.05, 0.1, 0.25, 0.5, 0.75, 0.9), cons_probes=4,
+                inv_n=16, inv_steps=(10, 20, 50), edit_n=20, edit_steps=20, ppap_steps=400, ppap_n=500,
+                ppap_scale=4.0, ppap_clean_steps=1000, ppap_scales=(2.0, 4.0, 8.0, 16.0, 32.0), ppap_select_n=200,
+                sample_steps=20, cons_n=4, cons_t=(0.05, 0.1, 0.25, 0.5, 0.75, 0.9), cons_probes=4,
                 gen_sizes=(8, 64, 512), gen_steps=300, gen_samples=16)
 
 
@@ -87,12 +92,17 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", default=None, help="use this trained checkpoint (e.g. <out>/latent_model of "
                                                    "benchmarks/imaging.py) instead of training / caching one")
-    ap.add_argument("--ppap-scale", type=float, default=None, help="classifier guidance scale of the PPAP row")
-    ap.add_argument("--ppap-init", default="scratch", choices=["scratch", "teacher", "base"],
-                    help="PPAP/single experts: seeded random init with labels (default); 'base': experts fine-tuned "
-                         "from one all-t classifier trained for half the budget (same total budget as the single "
-                         "classifier); 'teacher': start from the shipped clean CNN and distil it (pixel models "
-                         "only; that CNN is also the evaluator: optimistic)")
+    ap.add_argument("--ppap-scale", type=float, default=None,
+                    help="one classifier guidance scale for both PPAP arms (default: each arm's most accurate scale of "
+                         "the preset's grid on validation samples with other seeds)")
+    ap.add_argument("--ppap-init", default="clean", choices=["clean", "scratch", "teacher", "base"],
+                    help="PPAP/single classifiers: 'clean' (default, PPAP's recipe): both fine-tuned from one classifier "
+                         "of the clean input and distilled from its soft labels; 'scratch': seeded random init with "
+                         "labels; 'base': experts fine-tuned from one all-t classifier trained for half the budget "
+                         "(same total budget as the single classifier); 'teacher': start from the shipped clean CNN "
+                         "and distil it (pixel models only; that CNN is also the evaluator: optimistic)")
+    ap.add_argument("--ppap-no-distill", action="store_true", help="with --ppap-init clean: labels, not soft labels")
+    ap.add_argument("--ppap-only", action="store_true", help="run only the PPAP row (after the model)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from imaging import diagnostics as Dg
@@ -105,7 +115,7 @@ def main(argv=None) -> int:
 
     s = settings(a.quick, a.preset)
     if a.ppap_scale is not None:
-        s["ppap_scale"] = a.ppap_scale
+        s["ppap_scale"], s["ppap_scales"] = a.ppap_scale, None
     out = Path(a.json)
     cache = Path(a.cache)
     t_all = time.perf_counter()
@@ -156,6 +166,25 @@ def main(argv=None) -> int:
     def cnn(images):
         with torch.no_grad():
             return clf(images.clamp(-1, 1)).argmax(1)
+
+    def ppap_row():
+        t0 = time.perf_counter()
+        pres = ppap.compare(model, data.train.images, data.train.labels, n=s["ppap_n"], n_experts=4,
+                            steps=s["ppap_steps"], scale=s["ppap_scale"], scales=s["ppap_scales"],
+                            select_n=s["ppap_select_n"], cfg_scale=2.0, sample_steps=s["sample_steps"],
+                            init=a.ppap_init, distill=not a.ppap_no_distill, clean_steps=s["ppap_clean_steps"],
+                            teacher=load_classifier() if a.ppap_init == "teacher" else None, progress=True)
+        res.update({k: pres[k] for k in ("ppap_cond_acc", "single_classifier_cond_acc", "cfg_cond_acc",
+                                         "unguided_acc")})
+        res["ppap_settings"] = {k: v for k, v in pres.items() if not k.endswith("_acc")}
+        stage("ppap", t0)
+
+    if a.ppap_only:
+        ppap_row()
+        res["total_s"] = round(time.perf_counter() - t_all, 1)
+        write_json(out, res)
+        print_table(res)
+        return 0
 
     # ------------------------------------------------------------------ diffusion classifier
     t0 = time.perf_counter()
@@ -226,14 +255,7 @@ def main(argv=None) -> int:
     stage("editing", t0)
 
     # ------------------------------------------------------------------ PPAP
-    t0 = time.perf_counter()
-    pres = ppap.compare(model, tr.images, tr.labels, n=s["ppap_n"], n_experts=4, steps=s["ppap_steps"],
-                        scale=s["ppap_scale"], cfg_scale=2.0, sample_steps=s["sample_steps"], init=a.ppap_init,
-                        teacher=load_classifier() if a.ppap_init == "teacher" else None, progress=True)
-    res.update({k: pres[k] for k in ("ppap_cond_acc", "single_classifier_cond_acc", "cfg_cond_acc", "unguided_acc")})
-    res["ppap_settings"] = {k: pres[k] for k in ("n", "n_experts", "expert_steps", "guidance_scale", "cfg_scale")}
-    res["ppap_settings"]["init"] = a.ppap_init
-    stage("ppap", t0)
+    ppap_row()
 
     # ------------------------------------------------------------------ diagnostics
     t0 = time.perf_counter()
@@ -273,8 +295,10 @@ def print_table(r: dict) -> None:
         ("sdedit_target_acc", r.get("sdedit_target_acc"), "1 -> 7, strength 0.6"),
         ("cycle_target_acc", r.get("cycle_target_acc"), "1 -> 7, DPM-Encoder eta=1"),
         ("boundary_flip_rate", r.get("boundary_flip_rate"), f"0 -> 1 at t_m={f(r.get('boundary_mixing_t'))}"),
-        ("ppap_cond_acc", r.get("ppap_cond_acc"), "4 interval experts"),
-        ("single_classifier_cond_acc", r.get("single_classifier_cond_acc"), "same training budget"),
+        ("ppap_cond_acc", r.get("ppap_cond_acc"), "4 interval experts, scale "
+         f"{f((r.get('ppap_settings') or {}).get('ppap_guidance_scale'))}"),
+        ("single_classifier_cond_acc", r.get("single_classifier_cond_acc"), "same training budget, scale "
+         f"{f((r.get('ppap_settings') or {}).get('single_guidance_scale'))}"),
         ("cfg_cond_acc", r.get("cfg_cond_acc"), f"unguided {f(r.get('unguided_acc'))}"),
         ("conservativity_asym_mid_noise", r.get("conservativity_asym_mid_noise"), "0 = gradient field"),
         ("generalization_similarity", r.get("generalization_similarity"),

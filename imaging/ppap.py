@@ -15,7 +15,7 @@ time with ``shared.guidance.experts_by_interval`` inside ``shared.guidance.class
 
 Command line::
 
-    python -m imaging.ppap --model runs/x/model [--experts 4] [--steps 300] [--scale 4] [--n 100]
+    python -m imaging.ppap --model runs/x/model [--experts 4] [--steps 300] [--scales 2,4,8,16,32] [--n 100]
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["uniform_intervals", "train_experts", "expert_log_prob", "guided_denoiser", "guided_sample",
-           "compare"]
+__all__ = ["uniform_intervals", "train_experts", "encode_images", "clean_classifier", "expert_log_prob",
+           "guided_denoiser", "guided_sample", "guided_accuracy", "select_scale", "compare"]
 
 
 def uniform_intervals(n: int) -> list[tuple[float, float]]:
@@ -44,7 +44,7 @@ def train_experts(model, images: Tensor, labels: Tensor | None = None, *,
                   intervals: Sequence[tuple[float, float]] = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)),
                   steps: int = 300, batch_size: int = 64, lr: float = 2e-3, teacher: torch.nn.Module | None = None,
                   init: str = "scratch", base: torch.nn.Module | None = None, seed: int = 0, progress: bool = False,
-                  **classifier_kw) -> list:
+                  encoded: bool = False, **classifier_kw) -> list:
     """Train one noise-aware expert per interval of ``t``.
 
     model: the :class:`~imaging.model.ImagingModel` whose process noises the inputs
@@ -53,13 +53,16 @@ def train_experts(model, images: Tensor, labels: Tensor | None = None, *,
         latent size), so guidance acts on the variable the sampler integrates.
     images / labels: ``[N, C, H, W]`` in [-1, 1] and ``[N]`` class ids (labels may be None with
         a ``teacher``).
-    teacher: off-the-shelf clean classifier; when given, the loss is
-        ``KL(softmax(teacher(x0)) || softmax(expert(x_t)))`` (PPAP's data-free transfer) instead
-        of cross-entropy on labels.
+    teacher: off-the-shelf clean classifier of the diffused variable (images for a pixel model,
+        clean latents for a latent model, e.g. from :func:`clean_classifier`); when given, the loss
+        is ``KL(softmax(teacher(x0)) || softmax(expert(x_t)))`` (PPAP's knowledge transfer: soft
+        labels of the clean classifier on the clean input) instead of cross-entropy on labels.
     init: ``"scratch"`` (seeded random init), ``"teacher"`` (copy the teacher's weights) or
         ``"base"`` (copy ``base``, e.g. a noise-aware classifier trained on all t: PPAP's
         "fine-tune a shared classifier per interval").
     steps: optimizer steps per expert (batch ``batch_size``).
+    encoded: ``images`` are already in the diffused space (latents from :func:`encode_images`), so
+        callers training several expert sets encode once.
     Returns ``[(t_lo, t_hi, expert)]`` with experts in eval mode, ready for
     :func:`guided_denoiser`.
     """
@@ -70,9 +73,10 @@ def train_experts(model, images: Tensor, labels: Tensor | None = None, *,
     from .data import ImageSet
 
     latent = bool(getattr(model, "is_latent", False))
-    if latent and teacher is not None:
-        raise ValueError("a clean pixel-space teacher cannot supervise latent experts: train latent experts "
-                         "on labels (teacher=None)")
+    if teacher is not None and getattr(teacher, "in_channels", None) not in (None, model.data_shape[0]):
+        raise ValueError(f"the teacher reads {teacher.in_channels}-channel inputs but the diffused variable has "
+                         f"{model.data_shape[0]} channels: a latent model needs a teacher on clean latents "
+                         "(clean_classifier), not the pixel CNN")
     if labels is None and teacher is None:
         raise ValueError("train_experts needs labels or a teacher classifier")
     if init not in ("scratch", "teacher", "base"):
@@ -85,9 +89,8 @@ def train_experts(model, images: Tensor, labels: Tensor | None = None, *,
         if not 0.0 <= lo < hi <= 1.0:
             raise ValueError(f"intervals must satisfy 0 <= t_lo < t_hi <= 1, got {(lo, hi)}")
     if latent:  # experts classify the diffused variable: scaled posterior means of the autoencoder
-        with torch.no_grad():
-            images = torch.cat([model.encode(images[i:i + 500].to(model.device)).cpu()
-                                for i in range(0, images.shape[0], 500)])
+        if not encoded:
+            images = encode_images(model, images)
         classifier_kw.setdefault("input_size", int(images.shape[-1]))
     data = ImageSet(images, labels if labels is not None else torch.zeros(len(images), dtype=torch.long))
     proc, sp = model.process, model.space
@@ -125,6 +128,16 @@ def train_experts(model, images: Tensor, labels: Tensor | None = None, *,
         tr.fit(expert, loss_fn, data)
         out.append((float(lo), float(hi), tr.sampling_model.eval()))
     return out
+
+
+def encode_images(model, images: Tensor, batch_size: int = 500) -> Tensor:
+    """The diffused variable of ``images``: autoencoder latents (posterior means, scaled) for a
+    latent model, the images themselves for a pixel model."""
+    if not getattr(model, "is_latent", False):
+        return images
+    with torch.no_grad():
+        return torch.cat([model.encode(images[i:i + batch_size].to(model.device)).cpu()
+                          for i in range(0, images.shape[0], batch_size)])
 
 
 def expert_log_prob(experts: Sequence[tuple[float, float, torch.nn.Module]], labels: Tensor):
@@ -183,52 +196,132 @@ def guided_sample(model, labels: Tensor, experts, *, scale: float = 4.0, solver=
     return torch.cat(out)
 
 
-def compare(model, train_images: Tensor, train_labels: Tensor, *, n: int = 100, n_experts: int = 4,
-            steps: int = 300, scale: float = 4.0, cfg_scale: float = 2.0, sample_steps: int = 20,
-            init: str = "scratch", teacher=None, seed: int = 0, progress: bool = False) -> dict:
+def clean_classifier(model, images: Tensor, labels: Tensor, *, steps: int = 1000, batch_size: int = 64,
+                     lr: float = 2e-3, seed: int = 0, encoded: bool = False, progress: bool = False, **classifier_kw):
+    """The stand-in for PPAP's off-the-shelf classifier: a classifier of the *clean* diffused
+    variable (images, or latents of a latent model), trained on ``x_t`` with ``t`` in
+    ``[0, 0.001]`` (``alpha ~ 1``). Experts and the single all-``t`` classifier are then
+    fine-tuned from it (``init="clean"`` of :func:`compare`) and may distil its soft labels."""
+    return train_experts(model, images, labels, intervals=[(0.0, 1e-3)], steps=steps, batch_size=batch_size, lr=lr,
+                         seed=seed, encoded=encoded, progress=progress, **classifier_kw)[0][2]
+
+
+def guided_accuracy(model, experts, labels: Tensor, scale: float, seeds: Sequence[int], *, solver=None, grid=None,
+                    sample_steps: int = 20, clf=None) -> float:
+    """Fraction of expert-guided samples of ``labels`` that the metric classifier reads as their
+    class (one seed per sample)."""
+    from .metrics import load_classifier
+
+    clf = clf or load_classifier()
+    x = guided_sample(model, labels, experts, scale=scale, solver=solver, grid=grid, steps=sample_steps, seeds=seeds)
+    with torch.no_grad():
+        return float((clf(x.clamp(-1, 1)).argmax(1) == labels).float().mean())
+
+
+def select_scale(model, experts, scales: Sequence[float], *, n: int = 200, seed: int = 10_000,
+                 num_classes: int | None = None, **kw) -> tuple:
+    """The guidance scale of ``scales`` with the highest class accuracy on ``n`` class-balanced
+    *validation* samples (seeds ``seed .. seed + n - 1``, disjoint from the evaluation seeds of
+    :func:`compare`); returns ``(best, {scale: accuracy})``. Ties go to the smaller scale.
+    ``kw`` goes to :func:`guided_accuracy` (``clf``: any ``images -> logits``)."""
+    K = num_classes or getattr(model, "num_classes", 0) or 10
+    labels = torch.arange(n) % K
+    accs = {float(sc): guided_accuracy(model, experts, labels, sc, list(range(seed, seed + n)), **kw) for sc in scales}
+    best = max(accs, key=lambda sc: (accs[sc], -sc))
+    return best, accs
+
+
+def compare(model, train_images: Tensor, train_labels: Tensor | None, *, n: int = 100, n_experts: int = 4,
+            steps: int = 300, scale: float = 4.0, scales: Sequence[float] | None = (2.0, 4.0, 8.0, 16.0, 32.0),
+            select_n: int = 200, cfg_scale: float = 2.0, sample_steps: int = 20, init: str = "clean",
+            distill: bool = True, clean_steps: int = 1000, intervals: Sequence[tuple[float, float]] | None = None,
+            teacher=None, seed: int = 0, progress: bool = False) -> dict:
     """Class accuracy (by the metric classifier of :mod:`imaging.metrics`) of ``n`` class-balanced
     samples: PPAP (``n_experts`` interval experts, ``steps`` each), one classifier trained on all
     ``t`` with the same total budget (``n_experts * steps``), classifier-free guidance at
-    ``cfg_scale``, and unguided unconditional samples. Same seeds for every method.
+    ``cfg_scale``, and unguided unconditional samples. Same seeds ``seed .. seed + n - 1`` for every
+    method.
 
-    ``init="base"``: PPAP's fine-tuning recipe at the same total budget: one classifier trained on
-    all ``t`` for ``n_experts * steps / 2`` steps, then each expert fine-tuned from it on its
-    interval for ``steps / 2`` steps."""
+    Guidance scale: with ``scales`` (default), the same rule for both arms: each arm's scale is
+    the most accurate of ``scales`` on ``select_n`` validation samples with other seeds
+    (:func:`select_scale`); ``scales=None`` uses ``scale`` for both.
+
+    ``init``:
+
+    * ``"clean"`` (default, PPAP's recipe): an off-the-shelf classifier of the clean input is
+      trained first (:func:`clean_classifier`, ``clean_steps``; or pass it as ``teacher``) and
+      both arms start from its weights; with ``distill`` (default) they learn its soft labels on
+      the clean input (PPAP's knowledge transfer, no labels), else the labels.
+    * ``"scratch"``: seeded random init, labels (``distill`` ignored).
+    * ``"base"``: one classifier trained on all ``t`` for ``n_experts * steps / 2`` steps, then
+      each expert fine-tuned from it on its interval for ``steps / 2`` steps (same total budget).
+    * ``"teacher"``: start from ``teacher`` (a clean classifier of the diffused variable) and
+      distil it.
+
+    ``intervals``: the experts' intervals of ``t`` (default ``uniform_intervals(n_experts)``).
+    """
     from shared import grid as grids
     from shared import solvers as S
 
     from .metrics import load_classifier
 
+    if init not in ("clean", "scratch", "base", "teacher"):
+        raise ValueError(f"init must be 'clean', 'scratch', 'base' or 'teacher', got {init!r}")
     K = model.num_classes
     labels = torch.arange(n) % K
     seeds = list(range(seed, seed + n))
+    intervals = list(intervals) if intervals is not None else uniform_intervals(n_experts)
+    n_experts = len(intervals)
+    z = encode_images(model, train_images)  # encode once for every classifier below
+    kw = dict(encoded=True, progress=progress)
+    extra = {}
     if init == "base":
         half = max(1, steps // 2)
-        base = train_experts(model, train_images, train_labels, intervals=[(0.0, 1.0)], steps=n_experts * half,
-                             seed=seed + 200, progress=progress)[0][2]
-        experts = train_experts(model, train_images, train_labels, intervals=uniform_intervals(n_experts),
-                                steps=half, init="base", base=base, seed=seed, progress=progress)
-        single = train_experts(model, train_images, train_labels, intervals=[(0.0, 1.0)], steps=n_experts * steps,
-                               seed=seed + 100, progress=progress)
+        base = train_experts(model, z, train_labels, intervals=[(0.0, 1.0)], steps=n_experts * half,
+                             seed=seed + 200, **kw)[0][2]
+        experts = train_experts(model, z, train_labels, intervals=intervals, steps=half, init="base", base=base,
+                                seed=seed, **kw)
+        single = train_experts(model, z, train_labels, intervals=[(0.0, 1.0)], steps=n_experts * steps,
+                               seed=seed + 100, **kw)
+    elif init == "clean":
+        if teacher is None:
+            teacher = clean_classifier(model, z, train_labels, steps=clean_steps, seed=seed + 300, **kw)
+            extra["clean_steps"] = clean_steps
+        common = (dict(labels=None, teacher=teacher, init="teacher") if distill
+                  else dict(labels=train_labels, init="base", base=teacher))
+        experts = train_experts(model, z, intervals=intervals, steps=steps, seed=seed, **common, **kw)
+        single = train_experts(model, z, intervals=[(0.0, 1.0)], steps=n_experts * steps, seed=seed + 100,
+                               **common, **kw)
+        extra["distill"] = distill
     else:
-        experts = train_experts(model, train_images, train_labels, intervals=uniform_intervals(n_experts),
-                                steps=steps, init=init, teacher=teacher, seed=seed, progress=progress)
-        single = train_experts(model, train_images, train_labels, intervals=[(0.0, 1.0)], steps=n_experts * steps,
-                               init=init, teacher=teacher, seed=seed + 100, progress=progress)
+        experts = train_experts(model, z, train_labels, intervals=intervals, steps=steps, init=init,
+                                teacher=teacher, seed=seed, **kw)
+        single = train_experts(model, z, train_labels, intervals=[(0.0, 1.0)], steps=n_experts * steps,
+                               init=init, teacher=teacher, seed=seed + 100, **kw)
     clf = load_classifier()
     solver, grid = S.make("ddim"), grids.make("uniform", sample_steps, process=model.process)
+    skw = dict(solver=solver, grid=grid, clf=clf)
+    if scales:
+        s_ppap, acc_ppap = select_scale(model, experts, scales, n=select_n, seed=seed + 10_000, **skw)
+        s_single, acc_single = select_scale(model, single, scales, n=select_n, seed=seed + 10_000, **skw)
+        extra.update(scale_selection={"rule": f"most accurate of {list(map(float, scales))} on {select_n} "
+                                              f"validation samples (seeds {seed + 10_000}..)",
+                                      "ppap": acc_ppap, "single": acc_single})
+    else:
+        s_ppap = s_single = float(scale)
 
     def acc(imgs):
         with torch.no_grad():
             return float((clf(imgs.clamp(-1, 1)).argmax(1) == labels).float().mean())
 
-    res = {"ppap_cond_acc": acc(guided_sample(model, labels, experts, scale=scale, solver=solver, grid=grid,
-                                              seeds=seeds, progress=progress)),
-           "single_classifier_cond_acc": acc(guided_sample(model, labels, single, scale=scale, solver=solver,
-                                                           grid=grid, seeds=seeds, progress=progress)),
+    res = {"ppap_cond_acc": guided_accuracy(model, experts, labels, s_ppap, seeds, **skw),
+           "single_classifier_cond_acc": guided_accuracy(model, single, labels, s_single, seeds, **skw),
            "cfg_cond_acc": acc(model.sample(labels, solver=solver, grid=grid, guidance_scale=cfg_scale, seeds=seeds)),
            "unguided_acc": acc(model.sample(None, n=n, solver=solver, grid=grid, seeds=seeds))}
-    res.update(n=n, n_experts=n_experts, expert_steps=steps, guidance_scale=scale, cfg_scale=cfg_scale)
+    res.update(n=n, n_experts=n_experts, expert_steps=steps, single_steps=n_experts * steps,
+               intervals=[[float(lo), float(hi)] for lo, hi in intervals], init=init,
+               ppap_guidance_scale=s_ppap, single_guidance_scale=s_single, cfg_scale=cfg_scale,
+               sample_steps=sample_steps, **extra)
     return res
 
 
@@ -239,15 +332,23 @@ def main(argv=None) -> int:
                                              "classifiers; compare with one classifier and with CFG.")
     ap.add_argument("--model", required=True, help="checkpoint directory written by imaging.train (<out>/model)")
     ap.add_argument("--experts", type=int, default=4, help="number of equal t-intervals / experts")
-    ap.add_argument("--steps", type=int, default=300, help="training steps per expert")
-    ap.add_argument("--scale", type=float, default=4.0, help="classifier guidance scale")
+    ap.add_argument("--steps", type=int, default=300, help="training steps per expert (the single classifier gets "
+                                                              "experts x steps)")
+    ap.add_argument("--scales", default="2,4,8,16,32",
+                    help="comma-separated guidance scales; each arm uses the most accurate on --select-n validation "
+                         "samples (other seeds); 'none' = use --scale for both")
+    ap.add_argument("--scale", type=float, default=4.0, help="classifier guidance scale when --scales none")
+    ap.add_argument("--select-n", type=int, default=200, help="validation samples per scale for the selection")
     ap.add_argument("--cfg-scale", type=float, default=2.0)
     ap.add_argument("--n", type=int, default=100, help="samples per method")
-    ap.add_argument("--init", default="scratch", choices=["scratch", "teacher", "base"],
-                    help="experts from scratch, from the clean CNN (teacher), or fine-tuned from one classifier "
-                         "trained on all t for half the budget (base)")
-    ap.add_argument("--distill", action="store_true", help="train experts by knowledge transfer from the shipped "
-                                                           "clean classifier (no labels)")
+    ap.add_argument("--init", default="clean", choices=["clean", "scratch", "base", "teacher"],
+                    help="clean (default, PPAP): both arms fine-tuned from a classifier of the clean input trained "
+                         "first for --clean-steps; scratch: random init; base: experts fine-tuned from one all-t "
+                         "classifier trained for half the budget; teacher: start from the shipped clean CNN and distil "
+                         "it (pixel models only; that CNN is also the evaluator: optimistic)")
+    ap.add_argument("--no-distill", action="store_true", help="with --init clean: train on labels instead of the "
+                                                              "clean classifier's soft labels")
+    ap.add_argument("--clean-steps", type=int, default=1000, help="training steps of the clean classifier (init clean)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
@@ -262,10 +363,12 @@ def main(argv=None) -> int:
         if not model.conditional_model:
             raise ValueError("the comparison with CFG needs a class-conditional model (null class = unconditional)")
         data = task.load_data(cfg)
-        teacher = load_classifier() if (a.distill or a.init == "teacher") else None
-        res = compare(model, data.train.images, None if a.distill else data.train.labels, n=a.n,
-                      n_experts=a.experts, steps=a.steps, scale=a.scale, cfg_scale=a.cfg_scale, init=a.init,
-                      teacher=teacher, seed=a.seed, progress=True)
+        teacher = load_classifier() if a.init == "teacher" else None
+        scales = None if a.scales.lower() == "none" else [float(v) for v in a.scales.split(",")]
+        res = compare(model, data.train.images, data.train.labels, n=a.n, n_experts=a.experts, steps=a.steps,
+                      scale=a.scale, scales=scales, select_n=a.select_n, cfg_scale=a.cfg_scale, init=a.init,
+                      distill=not a.no_distill, clean_steps=a.clean_steps, teacher=teacher, seed=a.seed,
+                      progress=True)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ import torch
 
 from imaging import diagnostics as Dg
 from imaging import ppap
+from imaging.backbones import DigitClassifier
 from shared.process import DiscreteVP
 from shared.spaces import Euclidean
 from shared.testing import GMM
@@ -108,8 +109,8 @@ def test_train_experts_on_tiny_latent_model_classify_latents(trained_latent, tin
     assert clf.in_channels == C and clf.input_size == H  # experts see latents x_t, not pixels
     x = ppap.guided_sample(model, torch.tensor([3, 4]), experts, scale=2.0, steps=3, seeds=[0, 1])
     assert x.shape == (2, *model.image_shape) and torch.isfinite(x).all()
-    with pytest.raises(ValueError, match="teacher"):
-        ppap.train_experts(model, tr.images[:8], tr.labels[:8], teacher=clf)
+    with pytest.raises(ValueError, match="teacher"):  # a pixel-space teacher cannot read latents
+        ppap.train_experts(model, tr.images[:8], tr.labels[:8], teacher=DigitClassifier(in_channels=1))
     with pytest.raises(ValueError, match="base="):
         ppap.train_experts(model, tr.images[:8], tr.labels[:8], init="base")
     tuned = ppap.train_experts(model, tr.images[:32], tr.labels[:32], intervals=[(0.0, 0.5)], steps=1,

@@ -1,0 +1,54 @@
+"""PPAP recipe: clean (off-the-shelf) classifier, fine-tuned / distilled experts, scale selection."""
+
+import torch
+
+from imaging import ppap
+from tests.imaging.test_research_ppap_diagnostics import ExactExpert, Stub
+
+torch.set_num_threads(1)  # see test_research_classifier.py
+
+
+def _stub_clf(x):
+    """'Metric classifier' of the stub's two classes: the sign of the mean."""
+    m = x.flatten(1).mean(1, keepdim=True)
+    return torch.cat([-m, m], 1)
+
+
+def test_select_scale_prefers_the_scale_that_steers_samples():
+    stub = Stub()
+    experts = [(lo, hi, ExactExpert(stub, 0.5 * (lo + hi))) for lo, hi in ppap.uniform_intervals(4)]
+    best, accs = ppap.select_scale(stub, experts, [0.0, 3.0], n=16, seed=100, num_classes=2, clf=_stub_clf,
+                                   sample_steps=10)
+    assert best == 3.0 and accs[3.0] >= 0.95 > accs[0.0]
+    # ties go to the smaller scale
+    best, _ = ppap.select_scale(stub, experts, [3.0, 3.0 + 1e-9], n=16, seed=100, num_classes=2, clf=_stub_clf,
+                                sample_steps=10)
+    assert best == 3.0
+
+
+def test_distilled_experts_start_from_the_clean_classifier_and_match_it_on_clean_latents(trained_latent, tiny_data):
+    model = trained_latent[0]
+    tr = tiny_data.train
+    z = ppap.encode_images(model, tr.images[:64])
+    assert z.shape[1:] == model.data_shape
+    clean = ppap.clean_classifier(model, z, tr.labels[:64], steps=3, batch_size=16, encoded=True)
+    # one distillation step at a tiny rate near t = 0: the expert is a fine-tuned copy that agrees with its teacher
+    ex = ppap.train_experts(model, z, None, intervals=[(0.0, 0.01)], steps=1, batch_size=16, lr=1e-6, teacher=clean,
+                            init="teacher", encoded=True)
+    e = ex[0][2]
+    assert e is not clean
+    with torch.no_grad():
+        pe, pc = torch.softmax(e(z), -1), torch.softmax(clean(z), -1)
+    assert (pe - pc).abs().max() < 1e-2 and (pe.argmax(1) == pc.argmax(1)).float().mean() > 0.95
+
+
+def test_compare_clean_init_selects_a_scale_per_arm(trained_latent, tiny_data):
+    model = trained_latent[0]
+    tr = tiny_data.train
+    res = ppap.compare(model, tr.images[:32], tr.labels[:32], n=4, n_experts=2, steps=1, scales=(1.0, 2.0),
+                       select_n=2, sample_steps=2, clean_steps=1)
+    assert res["init"] == "clean" and res["distill"] is True and res["intervals"] == [[0.0, 0.5], [0.5, 1.0]]
+    assert res["ppap_guidance_scale"] in (1.0, 2.0) and res["single_guidance_scale"] in (1.0, 2.0)
+    assert set(res["scale_selection"]["ppap"]) == {1.0, 2.0}
+    for k in ("ppap_cond_acc", "single_classifier_cond_acc", "cfg_cond_acc", "unguided_acc"):
+        assert 0.0 <= res[k] <= 1.0
