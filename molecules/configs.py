@@ -52,7 +52,11 @@ class GraphConfig:
     ``node_positions``: learned node-index embedding (RDKit atom order); False keeps the
     denoiser permutation equivariant (DiGress-style). On by default: lower loss and higher
     connectivity at equal CPU budget in our runs. ``simplex``: x0 head ``2 softmax - 1`` per atom
-    and atom pair (the exact form of the posterior mean of +-1 one-hots; needs prediction x0)."""
+    and atom pair (the exact form of the posterior mean of +-1 one-hots; needs prediction x0).
+    ``valence_features``: expected bond-order sum, class valence, free valence and neighbour
+    count of the network's input graph as extra node inputs (``backbones.valence_features``).
+    ``self_condition``: probability of self-conditioning in training (the network also sees its
+    previous x0 estimate, and its valence features; sampling always feeds it)."""
 
     hidden: int = 128
     edge_hidden: int = 64
@@ -63,8 +67,12 @@ class GraphConfig:
     time_sampler: str = "uniform"
     node_positions: bool = True
     simplex: bool = False
+    valence_features: bool = False
+    self_condition: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.self_condition <= 1.0:
+            raise ConfigError(f"graph.self_condition={self.self_condition} must be a probability in [0, 1]")
         if self.simplex and self.prediction != "x0":
             raise ConfigError(f"graph.simplex=True is an x0 head; it needs graph.prediction='x0', got {self.prediction!r}")
 
@@ -90,7 +98,10 @@ class SmilesConfig:
     ``cond_drop``: probability of dropping the whole condition (shared.loss.drop_condition);
     besides, each sample keeps a random subset of properties (keep rate ~ U(0, 1)). ``simplex``:
     x0 head ``2 softmax - 1`` per position; ``self_condition``: probability of self-conditioning
-    in training (Analog Bits; sampling then always feeds the previous x0 estimate)."""
+    in training (Analog Bits; sampling then always feeds the previous x0 estimate).
+    ``backbone``: ``transformer`` (:class:`~molecules.backbones.SmilesTransformer`: d_model,
+    layers, heads) or ``unet`` (the seed paper's family, :class:`~molecules.backbones.SmilesUNet1D`:
+    unet_channels per level, heads at the bottom)."""
 
     enabled: bool = True
     d_model: int = 128
@@ -102,8 +113,12 @@ class SmilesConfig:
     guidance_scale: float = 2.0
     simplex: bool = False
     self_condition: float = 0.0
+    backbone: Literal["transformer", "unet"] = "transformer"
+    unet_channels: tuple[int, ...] = (64, 128, 128)
 
     def __post_init__(self):
+        if self.backbone not in ("transformer", "unet"):
+            raise ConfigError(f"smiles.backbone={self.backbone!r} is not one of ['transformer', 'unet']")
         if self.simplex and self.prediction != "x0":
             raise ConfigError(f"smiles.simplex=True is an x0 head; it needs smiles.prediction='x0', got {self.prediction!r}")
         if not 0.0 <= self.self_condition <= 1.0:

@@ -18,7 +18,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["sanitize", "largest_fragment", "validity_report", "invalidity_breakdown", "distribution_metrics",
+__all__ = ["sanitize", "largest_fragment", "validity_report", "invalidity_breakdown", "graph_statistics",
+           "distribution_metrics",
            "rdkit_descriptor", "descriptor_table", "regression_metrics", "draw_grid", "qed_sa"]
 
 
@@ -122,6 +123,30 @@ def invalidity_breakdown(atoms, bonds) -> dict[str, float]:
             "frac_valid_fragmented": frag / n,
             "mean_overvalent_atoms": float(bad.float().mean()) if bad.numel() else 0.0,
             "frac_charged_atoms": float(((atoms >= 4) & present).sum()) / max(1, int(present.sum()))}
+
+
+def graph_statistics(atoms, bonds) -> dict:
+    """Where decoded dense graphs put their atoms and bonds (compare generated samples with the
+    training graphs): ``atom_class_freq [K]`` over present atoms, ``bond_class_freq [C]`` over
+    pairs of present atoms (class 0 = no bond), ``overvalent_rate_by_class [K]`` (fraction of the
+    atoms of each class whose bond-order sum exceeds :data:`MAX_VALENCE`; None where a class
+    does not occur) and ``atom_class_count [K]``. ``atoms [n, N]`` (-1 absent), ``bonds [n, N, N]``."""
+    import torch
+
+    atoms, bonds = torch.as_tensor(atoms), torch.as_tensor(bonds)
+    K, N = len(MAX_VALENCE), atoms.shape[1]
+    present = atoms >= 0
+    iu = torch.triu_indices(N, N, 1)
+    pp = present[:, iu[0]] & present[:, iu[1]]
+    bc = torch.bincount(bonds[:, iu[0], iu[1]][pp], minlength=4).double()
+    ac = torch.bincount(atoms[present], minlength=K)
+    order = (bonds * (present[:, :, None] & present[:, None, :])).sum(-1)
+    over = (order > torch.tensor(MAX_VALENCE)[atoms.clamp_min(0)]) & present
+    oc = torch.bincount(atoms[over], minlength=K)
+    return {"atom_class_freq": (ac.double() / max(1, int(ac.sum()))).tolist(),
+            "bond_class_freq": (bc / bc.sum().clamp_min(1)).tolist(),
+            "overvalent_rate_by_class": [float(o) / int(a) if int(a) else None for o, a in zip(oc, ac)],
+            "atom_class_count": ac.tolist()}
 
 
 def qed_sa(mols: Sequence) -> tuple[np.ndarray, np.ndarray]:

@@ -39,7 +39,7 @@ from shared.registry import Splits
 from shared.sample import prior, sample
 
 from . import configs as C
-from .backbones import GraphRegressor, GraphTransformer, SmilesTransformer
+from .backbones import GraphRegressor, GraphTransformer, SmilesTransformer, SmilesUNet1D
 from .data import (ATOM_TYPES, BOND_ORDERS, MAX_NODES, PROPERTY_NAMES, PROPERTY_UNITS, SMILES_ALPHABET,
                    SMILES_LENGTH, MoleculeDataset, MoleculeTable, PropertyScaler, dense_to_mol, load_qm9,
                    load_qm9_smiles, mol_to_dense, onehot_to_smiles, random_split, scaffold_split)
@@ -79,17 +79,23 @@ class MoleculeModel(nn.Module):
         g = cfg.graph
         net = GraphTransformer(n_atom_types=K_ATOMS, n_bond_types=C_BONDS, max_nodes=MAX_NODES,
                                hidden=g.hidden, edge_hidden=g.edge_hidden, layers=g.layers, heads=g.heads,
-                               node_positions=g.node_positions, simplex=g.simplex)
+                               node_positions=g.node_positions, simplex=g.simplex,
+                               valence_features=g.valence_features, self_condition=g.self_condition > 0)
         self.graph = Denoiser(net, self.process, g.prediction)
         p = cfg.predictor
         self.predictor = (GraphRegressor(n_atom_types=K_ATOMS, n_bond_types=C_BONDS, max_nodes=MAX_NODES,
                                          hidden=p.hidden, edge_hidden=p.edge_hidden, layers=p.layers,
                                          heads=p.heads, n_out=P) if p.enabled else None)
         s = cfg.smiles
-        self.smiles = (Denoiser(SmilesTransformer(vocab=len(SMILES_ALPHABET), length=SMILES_LENGTH, n_props=P,
-                                                  d_model=s.d_model, layers=s.layers, heads=s.heads,
-                                                  simplex=s.simplex, self_condition=s.self_condition > 0),
-                                self.process, s.prediction) if s.enabled else None)
+        if s.backbone == "unet":
+            snet = SmilesUNet1D(vocab=len(SMILES_ALPHABET), length=SMILES_LENGTH, n_props=P,
+                                channels=tuple(s.unet_channels), heads=s.heads, simplex=s.simplex,
+                                self_condition=s.self_condition > 0)
+        else:
+            snet = SmilesTransformer(vocab=len(SMILES_ALPHABET), length=SMILES_LENGTH, n_props=P,
+                                     d_model=s.d_model, layers=s.layers, heads=s.heads,
+                                     simplex=s.simplex, self_condition=s.self_condition > 0)
+        self.smiles = Denoiser(snet, self.process, s.prediction) if s.enabled else None
         self.register_buffer("prop_lo", torch.zeros(P, dtype=torch.float64))
         self.register_buffer("prop_hi", torch.ones(P, dtype=torch.float64))
         prob = torch.zeros(MAX_NODES + 1)
@@ -128,7 +134,8 @@ class MoleculeModel(nn.Module):
         x0 = pack(X, E)  # [B, N*K + N*N*C]
         space = self.space_for(nm)
         loss = diffusion_loss(self.graph, x0, space=space, generator=g, weighting=cfg.graph.weighting,
-                              time_sampler=cfg.graph.time_sampler, node_mask=nm)
+                              time_sampler=cfg.graph.time_sampler, self_condition=cfg.graph.self_condition,
+                              node_mask=nm)
         B, dev = x0.shape[0], x0.device
         y, known = batch["y"].float(), batch["y_known"].bool()
         if self.predictor is not None and y.shape[1]:
@@ -292,7 +299,10 @@ def sample_graphs(model: MoleculeModel, n: int, *, solver, grid: Tensor, generat
         space = model.space_for(nm)
         x_T = prior((nm.shape[0], D), process=model.process, t=float(grid[0]), space=space, generator=gg,
                     device=dev)
-        denoise = model.graph.bind(None, node_mask=nm)
+        if model.cfg.graph.self_condition > 0:  # feeds the previous x0 estimate (one closure per batch)
+            denoise = G.self_conditioned(model.graph, None, node_mask=nm)
+        else:
+            denoise = model.graph.bind(None, node_mask=nm)
         if guidance is not None and guidance.scale != 0:
             if model.predictor is None:
                 raise ValueError("predictor guidance needs a model with a predictor (predictor.enabled)")
@@ -306,8 +316,11 @@ def sample_graphs(model: MoleculeModel, n: int, *, solver, grid: Tensor, generat
 
             denoise = G.energy(denoise, energy_fn, guidance.scale, interval=guidance.interval,
                                process=model.process, space=space)
-        x = sample(denoise, x_T, grid, solver, process=model.process, space=space, hooks=(G.project(space),),
-                   generator=gg)
+        # no autograd graph across steps (guidance takes its gradients under its own enable_grad):
+        # without this every step's activations stay alive and memory grows with the step count
+        with torch.no_grad():
+            x = sample(denoise, x_T, grid, solver, process=model.process, space=space, hooks=(G.project(space),),
+                       generator=gg)
         outs.append(x)
     x = torch.cat(outs)
     X, E = unpack(x, MAX_NODES, K_ATOMS, C_BONDS)

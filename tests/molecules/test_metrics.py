@@ -89,3 +89,23 @@ def test_invalidity_breakdown_on_known_graphs():
     assert b["frac_valid"] == 2 / 3 and b["frac_valence"] == 1 / 3 and b["frac_other_invalid"] == 0
     assert b["frac_valid_fragmented"] == 1 / 3 and b["mean_overvalent_atoms"] == 1.0
     assert b["frac_charged_atoms"] == 0.0
+
+
+def test_graph_statistics_on_known_graphs():
+    import torch
+
+    from molecules.metrics import graph_statistics
+
+    atoms = torch.full((2, 9), -1)
+    bonds = torch.zeros(2, 9, 9, dtype=torch.long)
+    atoms[0, :3] = 0                      # C-C=C
+    bonds[0, 0, 1] = bonds[0, 1, 0] = 1
+    bonds[0, 1, 2] = bonds[0, 2, 1] = 2
+    atoms[1, :2] = torch.tensor([3, 2])   # F=O: the fluorine is over-valent, the oxygen is not
+    bonds[1, 0, 1] = bonds[1, 1, 0] = 2
+    s = graph_statistics(atoms, bonds)
+    assert s["atom_class_count"][:4] == [3, 0, 1, 1]
+    assert s["overvalent_rate_by_class"][0] == 0.0 and s["overvalent_rate_by_class"][3] == 1.0
+    assert s["overvalent_rate_by_class"][2] == 0.0 and s["overvalent_rate_by_class"][1] is None
+    # 4 pairs of present atoms: (C,C) x3 in the first graph (one none, one single, one double), (F,O) double
+    assert s["bond_class_freq"] == [0.25, 0.25, 0.5, 0.0]
