@@ -102,6 +102,9 @@ def main(argv=None) -> int:
                          "(same total budget as the single classifier); 'teacher': start from the shipped clean CNN "
                          "and distil it (pixel models only; that CNN is also the evaluator: optimistic)")
     ap.add_argument("--ppap-no-distill", action="store_true", help="with --ppap-init clean: labels, not soft labels")
+    ap.add_argument("--ppap-widen", type=float, default=0.0, help="train the highest-noise PPAP expert on its interval "
+                                                                  "widened toward lower noise by this many widths "
+                                                                  "(0 = PPAP)")
     ap.add_argument("--ppap-only", action="store_true", help="run only the PPAP row (after the model)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -173,6 +176,7 @@ def main(argv=None) -> int:
                             steps=s["ppap_steps"], scale=s["ppap_scale"], scales=s["ppap_scales"],
                             select_n=s["ppap_select_n"], cfg_scale=2.0, sample_steps=s["sample_steps"],
                             init=a.ppap_init, distill=not a.ppap_no_distill, clean_steps=s["ppap_clean_steps"],
+                            widen=a.ppap_widen,
                             teacher=load_classifier() if a.ppap_init == "teacher" else None, progress=True)
         res.update({k: pres[k] for k in ("ppap_cond_acc", "single_classifier_cond_acc", "cfg_cond_acc",
                                          "unguided_acc")})

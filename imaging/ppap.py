@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["uniform_intervals", "train_experts", "encode_images", "clean_classifier", "expert_log_prob",
-           "guided_denoiser", "guided_sample", "guided_accuracy", "select_scale", "compare"]
+           "guided_denoiser", "guided_sample", "guided_correct", "guided_accuracy", "select_scale", "compare"]
 
 
 def uniform_intervals(n: int) -> list[tuple[float, float]]:
@@ -44,7 +44,7 @@ def train_experts(model, images: Tensor, labels: Tensor | None = None, *,
                   intervals: Sequence[tuple[float, float]] = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)),
                   steps: int = 300, batch_size: int = 64, lr: float = 2e-3, teacher: torch.nn.Module | None = None,
                   init: str = "scratch", base: torch.nn.Module | None = None, seed: int = 0, progress: bool = False,
-                  encoded: bool = False, **classifier_kw) -> list:
+                  encoded: bool = False, widen: float = 0.0, **classifier_kw) -> list:
     """Train one noise-aware expert per interval of ``t``.
 
     model: the :class:`~imaging.model.ImagingModel` whose process noises the inputs
@@ -61,6 +61,11 @@ def train_experts(model, images: Tensor, labels: Tensor | None = None, *,
         ``"base"`` (copy ``base``, e.g. a noise-aware classifier trained on all t: PPAP's
         "fine-tune a shared classifier per interval").
     steps: optimizer steps per expert (batch ``batch_size``).
+    widen: the highest-noise expert (largest ``t_hi``) is *trained* on
+        ``[max(0, t_lo - widen (t_hi - t_lo)), t_hi]`` (toward lower noise) but still dispatched on
+        ``[t_lo, t_hi]``; 0 = PPAP's disjoint intervals. On the highest-noise interval there is
+        almost no class signal, and a disjoint expert learns the uniform prediction, whose
+        gradient (the guidance) is ~0.
     encoded: ``images`` are already in the diffused space (latents from :func:`encode_images`), so
         callers training several expert sets encode once.
     Returns ``[(t_lo, t_hi, expert)]`` with experts in eval mode, ready for
@@ -85,6 +90,8 @@ def train_experts(model, images: Tensor, labels: Tensor | None = None, *,
         raise ValueError("init='teacher' needs teacher=")
     if init == "base" and base is None:
         raise ValueError("init='base' needs base=")
+    if widen < 0:
+        raise ValueError(f"widen must be >= 0, got {widen}")
     for lo, hi in intervals:
         if not 0.0 <= lo < hi <= 1.0:
             raise ValueError(f"intervals must satisfy 0 <= t_lo < t_hi <= 1, got {(lo, hi)}")
@@ -100,6 +107,7 @@ def train_experts(model, images: Tensor, labels: Tensor | None = None, *,
         for p in teacher.parameters():
             p.requires_grad_(False)
     out = []
+    top = max(range(len(intervals)), key=lambda k: intervals[k][1])
     for k, (lo, hi) in enumerate(intervals):
         torch.manual_seed(seed + k)
         if init in ("teacher", "base"):
@@ -112,7 +120,9 @@ def train_experts(model, images: Tensor, labels: Tensor | None = None, *,
                           lr_schedule="cosine", ema_decay=0.0, seed=seed + k, device="cpu",
                           log_every=max(1, steps // 10))
 
-        def loss_fn(m, batch, g, lo=lo, hi=hi):
+        tlo = max(0.0, lo - widen * (hi - lo)) if k == top else lo
+
+        def loss_fn(m, batch, g, lo=tlo, hi=hi):
             x0, y = batch
             t = lo + (hi - lo) * torch.rand(x0.shape[0], generator=g, device=g.device).to(x0)
             eps = sp.noise(x0, g)
@@ -206,16 +216,21 @@ def clean_classifier(model, images: Tensor, labels: Tensor, *, steps: int = 1000
                          seed=seed, encoded=encoded, progress=progress, **classifier_kw)[0][2]
 
 
-def guided_accuracy(model, experts, labels: Tensor, scale: float, seeds: Sequence[int], *, solver=None, grid=None,
-                    sample_steps: int = 20, clf=None) -> float:
-    """Fraction of expert-guided samples of ``labels`` that the metric classifier reads as their
-    class (one seed per sample)."""
+def guided_correct(model, experts, labels: Tensor, scale: float, seeds: Sequence[int], *, solver=None, grid=None,
+                   sample_steps: int = 20, clf=None) -> Tensor:
+    """``[B]`` bool: whether the metric classifier (``clf``, default :func:`imaging.metrics.load_classifier`)
+    reads each expert-guided sample of ``labels`` as its class (one seed per sample)."""
     from .metrics import load_classifier
 
     clf = clf or load_classifier()
     x = guided_sample(model, labels, experts, scale=scale, solver=solver, grid=grid, steps=sample_steps, seeds=seeds)
     with torch.no_grad():
-        return float((clf(x.clamp(-1, 1)).argmax(1) == labels).float().mean())
+        return clf(x.clamp(-1, 1)).argmax(1) == labels
+
+
+def guided_accuracy(model, experts, labels: Tensor, scale: float, seeds: Sequence[int], **kw) -> float:
+    """Fraction of :func:`guided_correct` samples."""
+    return float(guided_correct(model, experts, labels, scale, seeds, **kw).float().mean())
 
 
 def select_scale(model, experts, scales: Sequence[float], *, n: int = 200, seed: int = 10_000,
@@ -235,7 +250,7 @@ def compare(model, train_images: Tensor, train_labels: Tensor | None, *, n: int 
             steps: int = 300, scale: float = 4.0, scales: Sequence[float] | None = (2.0, 4.0, 8.0, 16.0, 32.0),
             select_n: int = 200, cfg_scale: float = 2.0, sample_steps: int = 20, init: str = "clean",
             distill: bool = True, clean_steps: int = 1000, intervals: Sequence[tuple[float, float]] | None = None,
-            teacher=None, seed: int = 0, progress: bool = False) -> dict:
+            widen: float = 0.0, teacher=None, seed: int = 0, progress: bool = False) -> dict:
     """Class accuracy (by the metric classifier of :mod:`imaging.metrics`) of ``n`` class-balanced
     samples: PPAP (``n_experts`` interval experts, ``steps`` each), one classifier trained on all
     ``t`` with the same total budget (``n_experts * steps``), classifier-free guidance at
@@ -258,7 +273,11 @@ def compare(model, train_images: Tensor, train_labels: Tensor | None, *, n: int 
     * ``"teacher"``: start from ``teacher`` (a clean classifier of the diffused variable) and
       distil it.
 
-    ``intervals``: the experts' intervals of ``t`` (default ``uniform_intervals(n_experts)``).
+    ``intervals``: the experts' intervals of ``t`` (default ``uniform_intervals(n_experts)``);
+    ``widen``: see :func:`train_experts` (highest-noise expert only; 0 = PPAP's disjoint intervals).
+
+    Besides the accuracies: ``ppap_minus_single`` with its paired standard error (same seed and
+    class per sample) and the counts of samples only one arm gets right.
     """
     from shared import grid as grids
     from shared import solvers as S
@@ -274,13 +293,13 @@ def compare(model, train_images: Tensor, train_labels: Tensor | None, *, n: int 
     n_experts = len(intervals)
     z = encode_images(model, train_images)  # encode once for every classifier below
     kw = dict(encoded=True, progress=progress)
-    extra = {}
+    extra = {"widen": widen} if widen else {}
     if init == "base":
         half = max(1, steps // 2)
         base = train_experts(model, z, train_labels, intervals=[(0.0, 1.0)], steps=n_experts * half,
                              seed=seed + 200, **kw)[0][2]
         experts = train_experts(model, z, train_labels, intervals=intervals, steps=half, init="base", base=base,
-                                seed=seed, **kw)
+                                seed=seed, widen=widen, **kw)
         single = train_experts(model, z, train_labels, intervals=[(0.0, 1.0)], steps=n_experts * steps,
                                seed=seed + 100, **kw)
     elif init == "clean":
@@ -289,13 +308,13 @@ def compare(model, train_images: Tensor, train_labels: Tensor | None, *, n: int 
             extra["clean_steps"] = clean_steps
         common = (dict(labels=None, teacher=teacher, init="teacher") if distill
                   else dict(labels=train_labels, init="base", base=teacher))
-        experts = train_experts(model, z, intervals=intervals, steps=steps, seed=seed, **common, **kw)
+        experts = train_experts(model, z, intervals=intervals, steps=steps, seed=seed, widen=widen, **common, **kw)
         single = train_experts(model, z, intervals=[(0.0, 1.0)], steps=n_experts * steps, seed=seed + 100,
                                **common, **kw)
         extra["distill"] = distill
     else:
         experts = train_experts(model, z, train_labels, intervals=intervals, steps=steps, init=init,
-                                teacher=teacher, seed=seed, **kw)
+                                teacher=teacher, seed=seed, widen=widen, **kw)
         single = train_experts(model, z, train_labels, intervals=[(0.0, 1.0)], steps=n_experts * steps,
                                init=init, teacher=teacher, seed=seed + 100, **kw)
     clf = load_classifier()
@@ -314,8 +333,14 @@ def compare(model, train_images: Tensor, train_labels: Tensor | None, *, n: int 
         with torch.no_grad():
             return float((clf(imgs.clamp(-1, 1)).argmax(1) == labels).float().mean())
 
-    res = {"ppap_cond_acc": guided_accuracy(model, experts, labels, s_ppap, seeds, **skw),
-           "single_classifier_cond_acc": guided_accuracy(model, single, labels, s_single, seeds, **skw),
+    ok_ppap = guided_correct(model, experts, labels, s_ppap, seeds, **skw).float()
+    ok_single = guided_correct(model, single, labels, s_single, seeds, **skw).float()
+    d = ok_ppap - ok_single  # paired by seed and class
+    extra.update(ppap_minus_single=float(d.mean()),
+                 ppap_minus_single_se=float(d.std(unbiased=True) / n ** 0.5) if n > 1 else float("nan"),
+                 ppap_only_correct=int((d > 0).sum()), single_only_correct=int((d < 0).sum()))
+    res = {"ppap_cond_acc": float(ok_ppap.mean()),
+           "single_classifier_cond_acc": float(ok_single.mean()),
            "cfg_cond_acc": acc(model.sample(labels, solver=solver, grid=grid, guidance_scale=cfg_scale, seeds=seeds)),
            "unguided_acc": acc(model.sample(None, n=n, solver=solver, grid=grid, seeds=seeds))}
     res.update(n=n, n_experts=n_experts, expert_steps=steps, single_steps=n_experts * steps,
@@ -349,6 +374,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-distill", action="store_true", help="with --init clean: train on labels instead of the "
                                                               "clean classifier's soft labels")
     ap.add_argument("--clean-steps", type=int, default=1000, help="training steps of the clean classifier (init clean)")
+    ap.add_argument("--widen", type=float, default=0.0, help="train the highest-noise expert on its interval widened "
+                                                             "toward lower noise by this many widths (0 = PPAP)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
@@ -367,7 +394,7 @@ def main(argv=None) -> int:
         scales = None if a.scales.lower() == "none" else [float(v) for v in a.scales.split(",")]
         res = compare(model, data.train.images, data.train.labels, n=a.n, n_experts=a.experts, steps=a.steps,
                       scale=a.scale, scales=scales, select_n=a.select_n, cfg_scale=a.cfg_scale, init=a.init,
-                      distill=not a.no_distill, clean_steps=a.clean_steps, teacher=teacher, seed=a.seed,
+                      distill=not a.no_distill, clean_steps=a.clean_steps, widen=a.widen, teacher=teacher, seed=a.seed,
                       progress=True)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

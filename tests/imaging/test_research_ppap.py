@@ -1,5 +1,6 @@
 """PPAP recipe: clean (off-the-shelf) classifier, fine-tuned / distilled experts, scale selection."""
 
+import pytest
 import torch
 
 from imaging import ppap
@@ -52,3 +53,26 @@ def test_compare_clean_init_selects_a_scale_per_arm(trained_latent, tiny_data):
     assert set(res["scale_selection"]["ppap"]) == {1.0, 2.0}
     for k in ("ppap_cond_acc", "single_classifier_cond_acc", "cfg_cond_acc", "unguided_acc"):
         assert 0.0 <= res[k] <= 1.0
+    # paired difference: same seeds and classes for both arms
+    assert abs(res["ppap_minus_single"] - (res["ppap_cond_acc"] - res["single_classifier_cond_acc"])) < 1e-6
+    assert res["ppap_only_correct"] - res["single_only_correct"] == round(4 * res["ppap_minus_single"])
+
+
+def test_widen_trains_the_top_expert_on_a_wider_interval_but_dispatches_on_its_own(trained_latent, tiny_data, monkeypatch):
+    import shared.training as T
+
+    model = trained_latent[0]
+    tr = tiny_data.train
+    with pytest.raises(ValueError, match="widen"):
+        ppap.train_experts(model, tr.images[:8], tr.labels[:8], widen=-1.0)
+    seen, fit = [], T.Trainer.fit
+
+    def spy(self, m, loss_fn, *a, **k):  # the loss binds the training interval as its (lo, hi) defaults
+        seen.append(loss_fn.__defaults__)
+        return fit(self, m, loss_fn, *a, **k)
+
+    monkeypatch.setattr(T.Trainer, "fit", spy)
+    iv = [(0.0, 0.25), (0.25, 0.5), (0.5, 1.0)]
+    ex = ppap.train_experts(model, tr.images[:16], tr.labels[:16], intervals=iv, steps=1, batch_size=8, widen=0.5)
+    assert [(lo, hi) for lo, hi, _ in ex] == iv  # dispatch intervals unchanged
+    assert [tuple(d) for d in seen] == [(0.0, 0.25), (0.25, 0.5), (0.25, 1.0)]  # only the top one widened down
