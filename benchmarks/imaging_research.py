@@ -176,7 +176,7 @@ def main(argv=None) -> int:
                             steps=s["ppap_steps"], scale=s["ppap_scale"], scales=s["ppap_scales"],
                             select_n=s["ppap_select_n"], cfg_scale=2.0, sample_steps=s["sample_steps"],
                             init=a.ppap_init, distill=not a.ppap_no_distill, clean_steps=s["ppap_clean_steps"],
-                            widen=a.ppap_widen,
+                            widen=a.ppap_widen, val_images=data.val.images, val_labels=data.val.labels,
                             teacher=load_classifier() if a.ppap_init == "teacher" else None, progress=True)
         res.update({k: pres[k] for k in ("ppap_cond_acc", "single_classifier_cond_acc", "cfg_cond_acc",
                                          "unguided_acc")})

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["uniform_intervals", "train_experts", "encode_images", "clean_classifier", "expert_log_prob",
+__all__ = ["uniform_intervals", "train_experts", "encode_images", "noise_profile", "clean_classifier", "expert_log_prob",
            "guided_denoiser", "guided_sample", "guided_correct", "guided_accuracy", "select_scale", "compare"]
 
 
@@ -206,6 +206,32 @@ def guided_sample(model, labels: Tensor, experts, *, scale: float = 4.0, solver=
     return torch.cat(out)
 
 
+def noise_profile(model, experts, images: Tensor, labels: Tensor, ts: Sequence[float] = (0.05, 0.15, 0.25, 0.35, 0.45,
+                  0.55, 0.65, 0.75, 0.85, 0.95), *, seed: int = 0, encoded: bool = False) -> dict:
+    """Per noise level ``t``: accuracy and NLL of the dispatched expert on held-out ``x_t`` (true
+    labels), and ``shift`` = mean ``|| sigma^2 / alpha * grad_x log p(y | x_t) ||``: how far scale-1
+    guidance moves the denoiser's ``x0`` estimate (for a calibrated classifier at high noise about
+    the distance between the class mean and the data mean; ~0 for an expert that predicts the
+    uniform distribution)."""
+    proc, sp = model.process, model.space
+    z = images if encoded else encode_images(model, images)
+    lp_fn = expert_log_prob(experts, labels)
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for t in ts:
+        tt = torch.full((len(z),), float(t))
+        a, s = proc.alpha(tt).to(z.dtype), proc.sigma(tt).to(z.dtype)
+        x = (sp.bcast(a, z) * z + sp.bcast(s, z) * sp.noise(z, g)).requires_grad_(True)
+        lp = lp_fn(x, tt)
+        (gr,) = torch.autograd.grad(lp.sum(), x)
+        with torch.no_grad():
+            clf = next(c for lo, hi, c in experts if lo <= t <= hi)
+            acc = float((clf(x).argmax(1) == labels).float().mean())
+            shift = float((s * s / a * gr.flatten(1).norm(dim=1)).mean())
+        out[float(t)] = {"acc": round(acc, 4), "nll": round(float(-lp.detach().mean()), 4), "shift": round(shift, 4)}
+    return out
+
+
 def clean_classifier(model, images: Tensor, labels: Tensor, *, steps: int = 1000, batch_size: int = 64,
                      lr: float = 2e-3, seed: int = 0, encoded: bool = False, progress: bool = False, **classifier_kw):
     """The stand-in for PPAP's off-the-shelf classifier: a classifier of the *clean* diffused
@@ -250,7 +276,8 @@ def compare(model, train_images: Tensor, train_labels: Tensor | None, *, n: int 
             steps: int = 300, scale: float = 4.0, scales: Sequence[float] | None = (2.0, 4.0, 8.0, 16.0, 32.0),
             select_n: int = 200, cfg_scale: float = 2.0, sample_steps: int = 20, init: str = "clean",
             distill: bool = True, clean_steps: int = 1000, intervals: Sequence[tuple[float, float]] | None = None,
-            widen: float = 0.0, teacher=None, seed: int = 0, progress: bool = False) -> dict:
+            widen: float = 0.0, teacher=None, val_images: Tensor | None = None, val_labels: Tensor | None = None,
+            seed: int = 0, progress: bool = False) -> dict:
     """Class accuracy (by the metric classifier of :mod:`imaging.metrics`) of ``n`` class-balanced
     samples: PPAP (``n_experts`` interval experts, ``steps`` each), one classifier trained on all
     ``t`` with the same total budget (``n_experts * steps``), classifier-free guidance at
@@ -277,7 +304,8 @@ def compare(model, train_images: Tensor, train_labels: Tensor | None, *, n: int 
     ``widen``: see :func:`train_experts` (highest-noise expert only; 0 = PPAP's disjoint intervals).
 
     Besides the accuracies: ``ppap_minus_single`` with its paired standard error (same seed and
-    class per sample) and the counts of samples only one arm gets right.
+    class per sample) and the counts of samples only one arm gets right; with ``val_images`` /
+    ``val_labels`` (held out), ``noise_profile`` of both arms (:func:`noise_profile`).
     """
     from shared import grid as grids
     from shared import solvers as S
@@ -339,6 +367,10 @@ def compare(model, train_images: Tensor, train_labels: Tensor | None, *, n: int 
     extra.update(ppap_minus_single=float(d.mean()),
                  ppap_minus_single_se=float(d.std(unbiased=True) / n ** 0.5) if n > 1 else float("nan"),
                  ppap_only_correct=int((d > 0).sum()), single_only_correct=int((d < 0).sum()))
+    if val_images is not None:
+        zv = encode_images(model, val_images)
+        extra["noise_profile"] = {"ppap": noise_profile(model, experts, zv, val_labels, encoded=True),
+                                  "single": noise_profile(model, single, zv, val_labels, encoded=True)}
     res = {"ppap_cond_acc": float(ok_ppap.mean()),
            "single_classifier_cond_acc": float(ok_single.mean()),
            "cfg_cond_acc": acc(model.sample(labels, solver=solver, grid=grid, guidance_scale=cfg_scale, seeds=seeds)),

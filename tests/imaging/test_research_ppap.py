@@ -1,10 +1,12 @@
 """PPAP recipe: clean (off-the-shelf) classifier, fine-tuned / distilled experts, scale selection."""
 
+import math
+
 import pytest
 import torch
 
 from imaging import ppap
-from tests.imaging.test_research_ppap_diagnostics import ExactExpert, Stub
+from tests.imaging.test_research_ppap_diagnostics import D, SHAPE, ExactExpert, Stub
 
 torch.set_num_threads(1)  # see test_research_classifier.py
 
@@ -76,3 +78,23 @@ def test_widen_trains_the_top_expert_on_a_wider_interval_but_dispatches_on_its_o
     ex = ppap.train_experts(model, tr.images[:16], tr.labels[:16], intervals=iv, steps=1, batch_size=8, widen=0.5)
     assert [(lo, hi) for lo, hi, _ in ex] == iv  # dispatch intervals unchanged
     assert [tuple(d) for d in seen] == [(0.0, 0.25), (0.25, 0.5), (0.25, 1.0)]  # only the top one widened down
+
+
+def test_noise_profile_sees_no_guidance_from_a_uniform_expert_and_some_from_an_exact_one():
+    stub = Stub()
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([0, 1] * 16)
+    x0 = (stub.means[y].float() + 0.1 * torch.randn(32, D, generator=g)).reshape(32, *SHAPE)
+
+    class Uniform(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 2) + 0 * x.flatten(1).sum(1, keepdim=True)
+
+    exact = [(lo, hi, ExactExpert(stub, 0.5 * (lo + hi))) for lo, hi in ppap.uniform_intervals(2)]
+    ts = (0.25, 0.75)  # the exact experts' own times (interval midpoints)
+    flat = ppap.noise_profile(stub, [(0.0, 1.0, Uniform())], x0, y, ts, encoded=True)
+    prof = ppap.noise_profile(stub, exact, x0, y, ts, encoded=True)
+    assert flat[0.75]["shift"] == 0 and abs(flat[0.75]["nll"] - math.log(2)) < 1e-3  # rounded to 4 decimals
+    assert prof[0.25]["acc"] >= 0.9 and prof[0.25]["nll"] < flat[0.25]["nll"]
+    # at high noise the exact posterior moves x0_hat by about half the distance between the class means
+    assert 0.7 * 2.0 < prof[0.75]["shift"] < 1.3 * 2.0  # 0.5 * || mean_1 - mean_0 || = 0.5 * sqrt(16)
