@@ -88,6 +88,12 @@ class ForecastConfig:
     num_samples:     sample paths per series (the point forecast is their mean).
     guidance_scale:  scale of the energy guidance ('mse' / 'quantile').
     guidance_min_alpha: energy guidance only where alpha(t) >= this (0: everywhere).
+    weighting:       'noise' (:func:`~timeseries.forecast.noise_weighted`, the default) or 'pigdm'
+                     (``shared.guidance.energy(weighting='pigdm')``: the likelihood
+                     N(y; x0_hat, r_t^2 + obs_var) with data variance 1; 'mse' only).
+    obs_var:         observation noise variance of the 'pigdm' weighting.
+    replace:         also replace the context by the noised observation after every step
+                     ('mse' / 'quantile' guidance combined with replacement).
     resample:        RePaint inner repetitions.
     batch_size:      rows (series x samples) per sampling batch.
     """
@@ -99,6 +105,9 @@ class ForecastConfig:
     num_samples: int = 16
     guidance_scale: float = 1.0
     guidance_min_alpha: float = 0.0
+    weighting: Literal["noise", "pigdm"] = "noise"
+    obs_var: float = 0.01
+    replace: bool = False
     resample: int = 2
     batch_size: int = 4096
 
@@ -127,7 +136,8 @@ def default() -> TimeseriesConfig:
     return TimeseriesConfig(
         model=ModelConfig(window=432, norm_len=216, hidden=256, depth=3, linear_skip=True),
         data=DataConfig(train_on=("etth1",), stride=2, eval_stride=48),
-        forecast=ForecastConfig(steps=25, num_samples=8),
+        # scale 2: the in-domain setting of benchmarks/timeseries.py (ETTh1 MSE 0.4236 vs 0.4258 at 1)
+        forecast=ForecastConfig(steps=25, num_samples=8, guidance_scale=2.0),
         train=TrainConfig(steps=800, batch_size=128, lr=1e-3, warmup_steps=50, lr_schedule="cosine",
                           ema_decay=0.995, log_every=50),
     )

@@ -131,7 +131,8 @@ def _normalise(ctx: np.ndarray, norm_len: int):
 def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *, num_samples: int = 16,
              method: str = "inpaint", solver="ddpm", grid="uniform", steps: int = 50,
              guidance_scale: float = 1.0, resample: int = 2, quantiles: Sequence[float] = (0.5,),
-             guidance_min_alpha: float = 0.0, generator=None, batch_size: int = 4096,
+             guidance_min_alpha: float = 0.0, weighting: str = "noise", obs_var: float = 0.01,
+             replace: bool = False, generator=None, batch_size: int = 4096,
              keys: Sequence | None = None, progress: bool = False) -> np.ndarray:
     """Sample ``num_samples`` future paths for every series.
 
@@ -148,6 +149,12 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
         quantiles: levels of the ``quantile`` energy.
         guidance_min_alpha: energy guidance acts only where ``alpha(t) >= guidance_min_alpha``
             (its ``sigma^2 / alpha`` factor explodes near pure noise); 0 = everywhere.
+        weighting: ``noise`` (:func:`noise_weighted`) or ``pigdm`` (``mse`` only: the kernel's
+            PiGDM weighting, the likelihood ``N(y; x0_hat, r_t^2 + obs_var)`` for data variance 1,
+            so ``guidance_scale = 1`` is the exact posterior score for Gaussian windows).
+        obs_var: observation noise variance of the ``pigdm`` weighting.
+        replace: with ``mse`` / ``quantile``, also reset the context to the noised observation
+            after every step (replacement and reconstruction guidance together).
         generator: int seed, ``torch.Generator`` (one base seed is drawn from it) or a list of
             ``N`` per-series generators; see :func:`series_generators`.
         batch_size: rows (series x samples) per sampling call (rounded down to whole series,
@@ -161,6 +168,10 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
         raise ValueError(f"unknown forecast method {method!r}; choose one of {', '.join(METHODS)}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if weighting not in ("noise", "pigdm"):
+        raise ValueError(f"weighting must be 'noise' or 'pigdm', got {weighting!r}")
+    if weighting == "pigdm" and method != "mse":
+        raise ValueError("weighting='pigdm' is the Gaussian likelihood of the 'mse' energy; use method='mse'")
     L, P = model.window, model.norm_len
     device = next(model.parameters()).device
     solver = solvers_mod.make(solver) if isinstance(solver, str) else solver
@@ -195,7 +206,7 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
             x_T = prior((b - a, L), process=model.process, t=float(g[0]), space=model.space, generator=gen,
                         device=device)
             x = _sample_one(model, x_T, g, solver, method, k, m, gen, guidance_scale, resample, quantiles,
-                            interval)
+                            interval, weighting, obs_var, replace)
             gen_z[a:b] = x[:, L - h:].double().cpu().numpy()
             if bar is not None:
                 bar.update(1)
@@ -235,7 +246,8 @@ def _alpha_interval(process, min_alpha: float):
     return (0.0, float(process.t_of_log_snr(lam).clamp(0, 1)))
 
 
-def _sample_one(model, x_T, g, solver, method, known, mask, gen, scale, resample, quantiles, interval):
+def _sample_one(model, x_T, g, solver, method, known, mask, gen, scale, resample, quantiles, interval,
+                weighting="noise", obs_var=0.01, replace=False):
     den = model.denoise
     if method == "inpaint":
         return sample(den, x_T, g, solver, process=model.process, space=model.space,
@@ -245,6 +257,11 @@ def _sample_one(model, x_T, g, solver, method, known, mask, gen, scale, resample
         return sample(den, x_T, g, rp, process=model.process, space=model.space, generator=gen)
     e = guidance.observation_mse(known, mask) if method == "mse" else \
         guidance.observation_quantile(known, mask, list(quantiles))
-    e = noise_weighted(e, model.process, method)
-    gd = guidance.energy(den, e, scale, interval=interval, process=model.process, space=model.space)
-    return sample(gd, x_T, g, solver, process=model.process, space=model.space, generator=gen)
+    if weighting == "pigdm":
+        gd = guidance.energy(den, e, scale, interval=interval, weighting="pigdm", obs_var=obs_var, data_var=1.0,
+                             process=model.process, space=model.space)
+    else:
+        gd = guidance.energy(den, noise_weighted(e, model.process, method), scale, interval=interval,
+                             process=model.process, space=model.space)
+    hooks = [guidance.inpaint(known, mask)] if replace else []
+    return sample(gd, x_T, g, solver, process=model.process, space=model.space, hooks=hooks, generator=gen)

@@ -90,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     fc = cfg.forecast
     s = forecast(model, x[a.window, ch], a.horizon, num_samples=a.samples, method=a.method or fc.method,
                  solver=fc.solver, grid=fc.grid, steps=fc.steps, guidance_scale=fc.guidance_scale,
-                     guidance_min_alpha=fc.guidance_min_alpha,
+                     guidance_min_alpha=fc.guidance_min_alpha, weighting=fc.weighting,
+                     obs_var=fc.obs_var, replace=fc.replace,
                  resample=fc.resample, generator=a.seed)
     out = plot_forecasts(x[a.window, ch], s, a.out, target=y[a.window, ch], names=[d.columns[c] for c in ch],
                          title=f"{d.name} test window {a.window}, H={a.horizon} ({a.method or fc.method})")

@@ -88,7 +88,8 @@ class GPDPredictor(Predictor):
                 raise DataError(f"entry {e.get('item_id', '?')}: target has shape {y.shape}; expected [T] or [C, T]")
         s = forecast(self.model, rows, self.prediction_length, num_samples=num_samples, method=fc.method,
                      solver=fc.solver, grid=fc.grid, steps=fc.steps, guidance_scale=fc.guidance_scale,
-                     guidance_min_alpha=fc.guidance_min_alpha,
+                     guidance_min_alpha=fc.guidance_min_alpha, weighting=fc.weighting,
+                     obs_var=fc.obs_var, replace=fc.replace,
                      resample=fc.resample, generator=self.seed, keys=keys, batch_size=fc.batch_size,
                      progress=self.progress)
         out, k = [], 0

@@ -91,7 +91,8 @@ class TimeseriesTask:
         H = y.shape[-1]
         s = forecast(model, x.reshape(N * C, -1), H, num_samples=opts["num_samples"], method=opts["method"],
                      solver=solver, grid=grid, guidance_scale=opts["guidance_scale"], resample=opts["resample"],
-                     guidance_min_alpha=fc.guidance_min_alpha,
+                     guidance_min_alpha=fc.guidance_min_alpha, weighting=fc.weighting,
+                     obs_var=fc.obs_var, replace=fc.replace,
                      generator=generator, batch_size=fc.batch_size)
         return {"samples": torch.from_numpy(s.reshape(N, C, -1, H)), "target": torch.from_numpy(y.copy()),
                 "history": torch.from_numpy(x.copy())}

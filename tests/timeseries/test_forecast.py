@@ -148,3 +148,18 @@ def test_forecast_does_not_depend_on_the_batch(sine_model, method):
     other = forecast(sine_model, [hist[3]], 40, keys=["e"], **kw)
     assert np.abs(other - alone).max() > 1e-3
     np.testing.assert_array_equal(forecast(sine_model, [hist[3]], 40, keys=["d"], **kw), alone)
+
+
+def test_pigdm_weighting_and_replacement_options(sine_model):
+    """The kernel's PiGDM weighting and guidance + replacement run and are seeded; bad options
+    are refused with a clear error."""
+    h = np.sin(np.arange(56) * 2 * np.pi / 16)
+    for kw in (dict(weighting="pigdm", obs_var=0.01), dict(replace=True), dict(weighting="pigdm", replace=True)):
+        a = forecast(sine_model, [h], 8, num_samples=2, steps=5, method="mse", generator=4, **kw)
+        b = forecast(sine_model, [h], 8, num_samples=2, steps=5, method="mse", generator=4, **kw)
+        assert np.isfinite(a).all()
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="weighting"):
+        forecast(sine_model, [h], 8, steps=5, method="mse", weighting="magic")
+    with pytest.raises(ValueError, match="pigdm"):
+        forecast(sine_model, [h], 8, steps=5, method="inpaint", weighting="pigdm")
