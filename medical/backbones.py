@@ -42,18 +42,36 @@ def xyxy_to_cxcywh(b: Tensor) -> Tensor:
     return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], -1)
 
 
-def boxes_to_signal(boxes_xyxy: Tensor, size: Sequence[int], scale: float) -> Tensor:
-    """Pixel ``xyxy [..., 4]`` on an image of ``size = (W, H)`` -> signal ``[..., 4]`` in
-    ``[-scale, scale]`` (normalised cxcywh)."""
+#: default box prior ``(mean, std)`` of normalised (cx, cy, w, h): DiffusionDet's ``x = (2 b - 1) scale``
+DEFAULT_PRIOR = (0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5)
+
+
+def _prior(prior: Sequence[float] | None, ref: Tensor) -> tuple[Tensor, Tensor]:
+    p = DEFAULT_PRIOR if not prior else tuple(prior)
+    if len(p) != 8 or min(p[4:]) <= 0:
+        raise ValueError(f"box prior must be 4 means and 4 positive stds, got {p}")
+    t = ref.new_tensor(p)
+    return t[:4], t[4:]
+
+
+def boxes_to_signal(boxes_xyxy: Tensor, size: Sequence[int], scale: float,
+                    prior: Sequence[float] | None = None) -> Tensor:
+    """Pixel ``xyxy [..., 4]`` on an image of ``size = (W, H)`` -> signal ``[..., 4]``:
+    ``x = (b - mean) / std * scale`` of the normalised ``b = (cx, cy, w, h)``. The default
+    prior (mean = std = 0.5) is DiffusionDet's ``x = (2 b - 1) scale`` in ``[-scale, scale]``;
+    a box prior of the data (e.g. tooth-sized mean and spread) makes pure noise decode to
+    plausible boxes, like anchors."""
     W, H = size
     norm = boxes_xyxy / boxes_xyxy.new_tensor([W, H, W, H])
-    return (xyxy_to_cxcywh(norm) * 2 - 1) * scale
+    mu, sd = _prior(prior, norm)
+    return (xyxy_to_cxcywh(norm) - mu) / sd * scale
 
 
-def signal_to_boxes(x: Tensor, size: Sequence[int], scale: float) -> Tensor:
+def signal_to_boxes(x: Tensor, size: Sequence[int], scale: float, prior: Sequence[float] | None = None) -> Tensor:
     """Inverse of :func:`boxes_to_signal` after clamping to ``[-scale, scale]`` (DiffusionDet)."""
     W, H = size
-    b = (x.clamp(-scale, scale) / scale + 1) / 2
+    mu, sd = _prior(prior, x)
+    b = x.clamp(-scale, scale) / scale * sd + mu
     b = torch.cat([b[..., :2], b[..., 2:].clamp_min(1e-4)], -1)
     return cxcywh_to_xyxy(b) * b.new_tensor([W, H, W, H])
 
@@ -153,10 +171,11 @@ class _Stage(nn.Module):
     """One refinement stage: RoI features + box geometry -> proposal features (self-attention
     across proposals, time scale-shift, FFN) -> class logits per level and box deltas."""
 
-    def __init__(self, *, roi_dim: int, d_model: int, num_heads: int, num_classes: Sequence[int], time_dim: int):
+    def __init__(self, *, roi_dim: int, d_model: int, num_heads: int, num_classes: Sequence[int], time_dim: int,
+                 geo_dim: int = 4):
         super().__init__()
         self.roi_proj = nn.Sequential(nn.Linear(roi_dim, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
-        self.geo = nn.Linear(4, d_model)
+        self.geo = nn.Linear(geo_dim, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.attn = nn.MultiheadAttention(d_model, num_heads, batch_first=True)
         self.norm2 = nn.LayerNorm(d_model)
@@ -197,6 +216,10 @@ class DiffusionDetNet(nn.Module):
         image_size: ``(W, H)`` of the input images.
         num_classes: classes per level (quadrant 4, tooth 8, diagnosis 4).
         signal_scale: box signal range ``[-scale, scale]``.
+        geo_fourier: number of octaves of sin / cos features of the normalised box geometry fed
+            to each stage beside the raw (cx, cy, w, h) (0: raw geometry only).
+        box_prior: ``(mean, std)`` of normalised cxcywh (8 numbers) of the box signal, or None
+            for DiffusionDet's mapping (see :func:`boxes_to_signal`).
         roi_levels: ``"assign"``: each box reads the FPN level of its size (boxes up to
             ``roi_canonical`` px use the finest level, then one level per doubling);
             ``"mean"``: average of all levels.
@@ -207,8 +230,11 @@ class DiffusionDetNet(nn.Module):
                  in_channels: int = 1, layers: Sequence[int] = (1, 1, 1, 1), block_inplanes: Sequence[int] = (16, 32, 64, 128),
                  returned_layers: Sequence[int] = (1, 2, 3), fpn_channels: int = 64, d_model: int = 128,
                  num_heads: int = 4, pool: int = 7, num_stages: int = 2, time_dim: int = 128,
-                 feature_levels: int = 3, roi_levels: str = "assign", roi_canonical: float = 32.0):
+                 feature_levels: int = 3, roi_levels: str = "assign", roi_canonical: float = 32.0,
+                 box_prior: Sequence[float] | None = None, geo_fourier: int = 0):
         super().__init__()
+        self.geo_fourier = int(geo_fourier)
+        self.box_prior = tuple(box_prior) if box_prior else None
         if roi_levels not in ("assign", "mean"):
             raise ValueError(f"roi_levels must be 'assign' or 'mean', got {roi_levels!r}")
         self.roi_levels = roi_levels
@@ -223,7 +249,8 @@ class DiffusionDetNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
         self.stages = nn.ModuleList([
             _Stage(roi_dim=fpn_channels * pool * pool, d_model=d_model, num_heads=num_heads,
-                   num_classes=num_classes, time_dim=time_dim) for _ in range(num_stages)])
+                   num_classes=num_classes, time_dim=time_dim, geo_dim=4 + 8 * self.geo_fourier)
+            for _ in range(num_stages)])
 
     def encode(self, images: Tensor) -> dict:
         """``images [B, C, W, H]`` -> condition ``{"features": [level maps]}``."""
@@ -253,12 +280,16 @@ class DiffusionDetNet(nn.Module):
             feats = [f.repeat_interleave(rep, 0) for f in feats]
         W, H = self.image_size
         wh = x.new_tensor([W, H, W, H])
-        boxes = signal_to_boxes(x, self.image_size, self.signal_scale)  # [B, N, 4] pixels
+        boxes = signal_to_boxes(x, self.image_size, self.signal_scale, self.box_prior)  # [B, N, 4] pixels
         temb = self.time_mlp(_time_embedding(t, self.time_dim))
         h, stages = None, []
         for stage in self.stages:
             b = boxes.detach()
             geo = xyxy_to_cxcywh(b / wh)
+            if self.geo_fourier:  # Fourier features of the box geometry (position -> tooth number)
+                f = geo[..., None] * (math.pi * 2.0 ** torch.arange(self.geo_fourier, device=geo.device,
+                                                                    dtype=geo.dtype))
+                geo = torch.cat([geo, f.sin().flatten(-2), f.cos().flatten(-2)], -1)
             roi = self._roi(feats, b)
             h, logits, d = stage(roi, geo, h, temb)
             cx, cy, w, hh = xyxy_to_cxcywh(b).unbind(-1)
@@ -270,4 +301,4 @@ class DiffusionDetNet(nn.Module):
         if aux is not None:
             aux["logits"] = stages[-1][1]
             aux["stages"] = stages
-        return boxes_to_signal(boxes, self.image_size, self.signal_scale)
+        return boxes_to_signal(boxes, self.image_size, self.signal_scale, self.box_prior)

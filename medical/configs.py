@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from shared.config import TrainConfig
 
 __all__ = ["DataConfig", "ModelConfig", "LossConfig", "SampleConfig", "MedicalConfig", "tiny", "default", "gpu",
-           "PRESETS"]
+           "PHANTOM_BOX_PRIOR", "PRESETS"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Backbone (MONAI ResNet-FPN), head, and the box diffusion (cosine DDPM, x0 prediction)."""
+    """Backbone (MONAI ResNet-FPN), head, and the box diffusion (cosine DDPM, x0 prediction).
+
+    ``box_prior``: empty for DiffusionDet's box signal ``(2 b - 1) * signal_scale``, or 8 numbers
+    (mean and std of normalised cx, cy, w, h) for ``(b - mean) / std * signal_scale`` (see
+    :func:`medical.backbones.boxes_to_signal`). ``geo_fourier``: octaves of sin / cos features of
+    the box geometry given to the head (0: raw cx, cy, w, h only)."""
 
     layers: tuple[int, ...] = (1, 1, 1, 1)
     block_inplanes: tuple[int, ...] = (16, 32, 64, 128)
@@ -56,6 +61,12 @@ class ModelConfig:
     num_stages: int = 2
     num_proposals: int = 50
     signal_scale: float = 2.0
+    box_prior: tuple[float, ...] = ()
+    geo_fourier: int = 0
+
+    def __post_init__(self):
+        if self.box_prior and (len(self.box_prior) != 8 or min(self.box_prior[4:]) <= 0):
+            raise ValueError(f"model.box_prior must be empty or 4 means and 4 positive stds, got {self.box_prior}")
     roi_levels: str = "assign"
     schedule: str = "cosine"
     num_train_timesteps: int = 1000
@@ -68,7 +79,16 @@ class LossConfig:
     (each ground-truth box takes up to k proposals; duplicates are removed by NMS at inference),
     more positives per image than one-to-one, like DiffusionDet's dynamic-k assignment.
     ``curriculum``: fractions of the training steps after which the tooth and diagnosis levels
-    are switched on (HierarchicalDet's quadrant -> enumeration -> diagnosis initialisation)."""
+    are switched on (HierarchicalDet's quadrant -> enumeration -> diagnosis initialisation).
+    ``match_dynamic``: OTA-style dynamic k, each ground-truth box takes ``clamp(floor(sum of its
+    top-match_k IoUs), 1, match_k)`` proposals instead of exactly ``match_k``.
+    ``match_center > 0``: centre prior of the matching cost (DiffusionDet / SimOTA): proposals whose
+    centre is neither inside the ground-truth box nor within ``match_center`` box sizes of its
+    centre cost +100, so extra positives are proposals near the object, not far-away ones.
+    ``pad_repeat``: fraction of the padding slots filled with copies of the ground truth (each
+    noised independently) instead of random boxes.
+    ``time_sampler``: ``"uniform"`` (training indices, DDPM) or a :func:`shared.loss.sample_t`
+    sampler, e.g. ``"logit_normal"`` with ``time_m`` / ``time_s`` (``time_m < 0``: more low noise)."""
 
     w_cls: float = 2.0
     w_l1: float = 5.0
@@ -76,6 +96,12 @@ class LossConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     match_k: int = 1
+    match_dynamic: bool = False
+    match_center: float = 0.0
+    pad_repeat: float = 0.0
+    time_sampler: str = "uniform"
+    time_m: float = 0.0
+    time_s: float = 1.0
     curriculum: tuple[float, ...] = (0.0, 0.0)
 
     def __post_init__(self):
@@ -84,6 +110,12 @@ class LossConfig:
                              f"got {self.curriculum}")
         if self.match_k < 1:
             raise ValueError(f"loss.match_k must be >= 1, got {self.match_k}")
+        if self.match_center < 0 or not 0 <= self.pad_repeat <= 1:
+            raise ValueError(f"loss.match_center must be >= 0 and loss.pad_repeat in [0, 1], got "
+                             f"{self.match_center}, {self.pad_repeat}")
+        if self.time_sampler not in ("uniform", "stratified", "lognormal", "logit_normal"):
+            raise ValueError(f"loss.time_sampler must be uniform, stratified, lognormal or logit_normal, "
+                             f"got {self.time_sampler!r}")
 
 
 @dataclass(frozen=True)
@@ -100,6 +132,7 @@ class SampleConfig:
     max_det: int = 100
     batch_size: int = 8
     num_proposals: int = 0  # 0: as in training
+    class_topk: int = 1  # class hypotheses per box and level in the scored output (1: argmax only)
 
 
 @dataclass(frozen=True)
@@ -111,22 +144,34 @@ class MedicalConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+#: box prior (mean, std of normalised cx, cy, w, h) of the panoramic phantoms' annotated teeth:
+#: measured means (0.50, 0.45, 0.066, 0.29), ranges cx 0.09..0.92, cy 0.21..0.67, w 0.03..0.15,
+#: h 0.14..0.43; the stds are set so that mean +- std covers those ranges (the signal is clamped to
+#: +-scale, i.e. to mean +- std). Pure noise then decodes to tooth-sized boxes over the arch.
+PHANTOM_BOX_PRIOR = (0.5, 0.45, 0.07, 0.3, 0.5, 0.35, 0.08, 0.2)
+
+
 def tiny() -> MedicalConfig:
     """Seconds on a CPU (tests)."""
     return MedicalConfig(
         data=DataConfig(n_train=8, n_val=2, n_test=4, image_size=(128, 64)),
         model=ModelConfig(layers=(1, 1, 1, 1), block_inplanes=(8, 16, 16, 16), fpn_channels=16, d_model=32,
-                          num_heads=2, pool=3, num_stages=1, num_proposals=12),
-        sample=SampleConfig(steps=2, batch_size=4),
+                          num_heads=2, pool=3, num_stages=1, num_proposals=12, box_prior=PHANTOM_BOX_PRIOR,
+                          geo_fourier=2),
+        loss=LossConfig(match_k=2, match_dynamic=True, match_center=2.5, pad_repeat=0.25),
+        sample=SampleConfig(steps=2, batch_size=4, class_topk=2),
         train=TrainConfig(steps=4, batch_size=4, lr=1e-3, ema_decay=0.0, log_every=1, device="cpu"))
 
 
 def default() -> MedicalConfig:
-    """About two minutes of CPU training on phantoms (the cross-domain demo)."""
+    """About two minutes of CPU training on phantoms (the cross-domain demo). Box prior of the
+    phantoms, Fourier box-geometry features, local one-to-many matching (dynamic k with a centre
+    prior) and repeat padding:
+    see the medical README section for the measurements behind them."""
     return MedicalConfig(
         data=DataConfig(n_train=96, n_val=8, n_test=16, image_size=(256, 128)),
-        model=ModelConfig(num_stages=3, num_proposals=64),
-        loss=LossConfig(match_k=3),
+        model=ModelConfig(num_stages=3, num_proposals=64, box_prior=PHANTOM_BOX_PRIOR, geo_fourier=4),
+        loss=LossConfig(match_k=3, match_dynamic=True, match_center=2.5, pad_repeat=0.25),
         train=TrainConfig(steps=300, batch_size=4, lr=1e-3, warmup_steps=20, lr_schedule="cosine",
                           ema_decay=0.99, log_every=10, grad_clip=1.0))
 
@@ -136,8 +181,9 @@ def gpu() -> MedicalConfig:
     return MedicalConfig(
         data=DataConfig(n_train=2000, n_val=50, n_test=200, image_size=(512, 256)),
         model=ModelConfig(layers=(2, 2, 2, 2), block_inplanes=(32, 64, 128, 256), fpn_channels=128, d_model=256,
-                          num_heads=8, num_stages=4, num_proposals=100),
-        loss=LossConfig(match_k=3),
+                          num_heads=8, num_stages=4, num_proposals=100, box_prior=PHANTOM_BOX_PRIOR,
+                          geo_fourier=4),
+        loss=LossConfig(match_k=3, match_dynamic=True, match_center=2.5, pad_repeat=0.25),
         sample=SampleConfig(batch_size=32),
         train=TrainConfig(steps=20000, batch_size=16, lr=2.5e-4, warmup_steps=500, lr_schedule="cosine",
                           ema_decay=0.999, log_every=50, mixed_precision="bf16", num_workers=4))

@@ -31,18 +31,29 @@ __all__ = [
 ]
 
 
-def pad_boxes(gt_signal: Tensor, num: int, scale: float, generator: torch.Generator) -> Tensor:
+def pad_boxes(gt_signal: Tensor, num: int, scale: float, generator: torch.Generator, repeat: float = 0.0,
+              prior: Sequence[float] | None = None) -> Tensor:
     """DiffusionDet padding: ``gt_signal [M, 4]`` -> ``[num, 4]``. Extra ground truth beyond
-    ``num`` is subsampled; the rest is filled with random boxes (centre ~ N(0.5, 1/6), size
-    ~ |N(0.5, 1/6)| in normalised units), mapped to the same signal range ``[-scale, scale]``."""
+    ``num`` is subsampled; the rest is filled with random boxes (normalised ``mean + std z / 3``
+    with sizes made positive; DiffusionDet's centre ~ N(0.5, 1/6), size ~ |N(0.5, 1/6)| for the
+    default prior), mapped to the same signal range ``[-scale, scale]``.
+    ``repeat``: fraction of the filler slots that take copies of the ground truth instead
+    (DiffusionDet's "repeat" padding; each copy is noised independently afterwards)."""
+    from .backbones import _prior
+
     M = gt_signal.shape[0]
     if M >= num:
         idx = torch.randperm(M, generator=generator, device=generator.device)[:num].to(gt_signal.device)
         return gt_signal[idx]
-    r = torch.randn(num - M, 4, generator=generator, device=generator.device, dtype=gt_signal.dtype) / 6 + 0.5
-    r = r.to(gt_signal.device)
+    n_rep = int(round(repeat * (num - M))) if M else 0
+    mu, sd = _prior(prior, gt_signal)
+    z = torch.randn(num - M - n_rep, 4, generator=generator, device=generator.device, dtype=gt_signal.dtype)
+    r = mu + sd * z.to(gt_signal.device) / 3
     r = torch.cat([r[:, :2], r[:, 2:].abs().clamp_min(1e-4)], -1)
-    return torch.cat([gt_signal, (r * 2 - 1) * scale], 0)
+    parts = [gt_signal]
+    if n_rep:
+        parts.append(gt_signal[torch.arange(n_rep, device=gt_signal.device) % M])
+    return torch.cat(parts + [(r - mu) / sd * scale], 0)
 
 
 def noised_boxes(x0: Tensor, t: Tensor, process, space, generator) -> Tensor:
@@ -98,10 +109,28 @@ def hungarian_match(boxes: Tensor, logits: Sequence[Tensor], gt_boxes: Tensor, g
     pb, gb = _norm(boxes.float(), size), _norm(gt_boxes.float(), size)
     cost += loss_cfg.w_l1 * torch.cdist(pb, gb, p=1)
     cost -= loss_cfg.w_giou * torch.as_tensor(box_giou(pb, gb), dtype=torch.float32)
+    radius = float(getattr(loss_cfg, "match_center", 0.0))
+    if radius > 0:  # centre prior (DiffusionDet / YOLOX SimOTA): proposals whose centre lies
+        # outside the ground-truth box and outside a centre region of radius * (w, h) cost more
+        pc = (pb[:, None, :2] + pb[:, None, 2:]) / 2  # [N, 1, 2]
+        inside = ((pc > gb[None, :, :2]) & (pc < gb[None, :, 2:])).all(-1)
+        gc, gwh = (gb[:, :2] + gb[:, 2:]) / 2, (gb[:, 2:] - gb[:, :2])
+        near = ((pc - gc[None]).abs() < radius * gwh[None]).all(-1)
+        cost = cost + 100.0 * (~(inside | near)).float()
     cost = torch.nan_to_num(cost, nan=1e6, posinf=1e6, neginf=-1e6)
-    k = max(1, min(int(getattr(loss_cfg, "match_k", 1)), boxes.shape[0] // M))
-    if k > 1:  # one-to-many: each ground-truth box may take up to k proposals (tiled columns)
-        cost = cost.repeat(1, k)
+    kmax = max(1, min(int(getattr(loss_cfg, "match_k", 1)), boxes.shape[0] // M))
+    if getattr(loss_cfg, "match_dynamic", False) and kmax > 1:
+        # dynamic k (OTA): ground-truth box g takes k_g = clamp(floor(sum of its top-kmax IoUs), 1, kmax)
+        # proposals, so only well-overlapping proposals become extra positives
+        from monai.data.box_utils import box_iou
+
+        iou = torch.as_tensor(box_iou(pb, gb), dtype=torch.float32)  # [N, M]
+        kg = iou.topk(min(kmax, iou.shape[0]), 0).values.sum(0).floor().clamp(1, kmax).long()
+        cols = torch.cat([torch.full((int(kk),), g, dtype=torch.long) for g, kk in enumerate(kg.tolist())])
+        r, c = linear_sum_assignment(cost[:, cols].cpu().numpy())
+        return r.astype(np.int64), cols.numpy()[c].astype(np.int64)
+    if kmax > 1:  # one-to-many: each ground-truth box may take up to k proposals (tiled columns)
+        cost = cost.repeat(1, kmax)
     r, c = linear_sum_assignment(cost.cpu().numpy())
     return r.astype(np.int64), (c % M).astype(np.int64)
 
@@ -204,23 +233,29 @@ def level_predictions(logits: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
 
 
 def postprocess(signals: Sequence[Tensor], logits_list: Sequence[Sequence[Tensor]], size: Sequence[int],
-                scale: float, *, nms_iou: float = 0.6, max_det: int = 100) -> list[dict]:
+                scale: float, *, nms_iou: float = 0.6, max_det: int = 100,
+                prior: Sequence[float] | None = None, class_topk: int = 1) -> list[dict]:
     """Merge the (step) predictions of a batch into detections per image.
 
     signals: list over steps of ``[B, N, 4]`` x0 box signals; logits_list: matching list of
     per-level logits. Boxes of all steps are pooled, scored by the geometric mean of the three
     level scores, de-duplicated with MONAI's class-agnostic NMS and capped at ``max_det``.
     Returns per image ``{"boxes": [K, 4] xyxy, "scores": [K], "labels": [K, 3],
-    "level_scores": [K, 3]}`` (CPU tensors)."""
+    "level_scores": [K, 3]}`` (CPU tensors).
+
+    ``class_topk > 1``: also ``"level_dets"``, per level ``{"boxes", "labels", "scores"}`` with up to
+    ``class_topk`` class hypotheses per kept box (DiffusionDet / DETR inference: the top
+    ``max_det`` (box, class) pairs by class probability), which the per-level AP uses."""
     from monai.data.box_utils import non_max_suppression
 
     W, H = size
     out = []
     B = signals[0].shape[0]
     for b in range(B):
-        bx, lb, ls = [], [], []
+        bx, lb, ls, pr = [], [], [], []
         for sig, lg in zip(signals, logits_list):
-            boxes = signal_to_boxes(sig[b].float(), size, scale)
+            pr.append([l_[b].float().sigmoid() for l_ in lg])
+            boxes = signal_to_boxes(sig[b].float(), size, scale, prior)
             boxes = torch.stack([boxes[:, 0].clamp(0, W), boxes[:, 1].clamp(0, H),
                                  boxes[:, 2].clamp(0, W), boxes[:, 3].clamp(0, H)], -1)
             labels, scores = level_predictions([l_[b] for l_ in lg])
@@ -235,11 +270,21 @@ def postprocess(signals: Sequence[Tensor], logits_list: Sequence[Sequence[Tensor
             keep = torch.as_tensor(non_max_suppression(boxes.cpu(), score.cpu(), nms_iou, max_det), dtype=torch.long)
         else:
             keep = torch.zeros(0, dtype=torch.long)
-        out.append({"boxes": boxes.cpu()[keep], "scores": score.cpu()[keep], "labels": labels.cpu()[keep],
-                    "level_scores": lscores.cpu()[keep]})
+        det = {"boxes": boxes.cpu()[keep], "scores": score.cpu()[keep], "labels": labels.cpu()[keep],
+               "level_scores": lscores.cpu()[keep]}
+        if class_topk > 1:
+            det["level_dets"] = []
+            for k in range(len(pr[0])):
+                probs = torch.cat([p_[k] for p_ in pr])[ok].cpu()[keep]  # [K, C_k]
+                top = probs.topk(min(class_topk, probs.shape[1]), -1)
+                sc, lab = top.values.reshape(-1), top.indices.reshape(-1)
+                order = sc.argsort(descending=True)[:max_det]
+                box_i = torch.arange(probs.shape[0]).repeat_interleave(top.values.shape[1])[order]
+                det["level_dets"].append({"boxes": det["boxes"][box_i], "labels": lab[order], "scores": sc[order]})
+        out.append(det)
     return out
 
 
-def gt_signal(boxes: Tensor, size: Sequence[int], scale: float) -> Tensor:
+def gt_signal(boxes: Tensor, size: Sequence[int], scale: float, prior: Sequence[float] | None = None) -> Tensor:
     """Ground-truth boxes ``[M, 4]`` xyxy -> signal ``[M, 4]``."""
-    return boxes_to_signal(boxes, size, scale)
+    return boxes_to_signal(boxes, size, scale, prior)

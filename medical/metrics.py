@@ -90,7 +90,9 @@ def dentex_scores(preds: Sequence[dict], gts: Sequence[dict], max_det: int = 100
     """DENTEX metrics for aligned lists of per-image predictions and ground truths.
 
     ``preds[i]``: ``{"boxes": [K, 4] xyxy, "labels": [K, 3] level indices, "level_scores":
-    [K, 3]}`` (or ``"scores": [K]`` used for every level). ``gts[i]``: ``{"boxes": [M, 4],
+    [K, 3]}`` (or ``"scores": [K]`` used for every level), or per level ``"level_dets"``: a list
+    of ``{"boxes", "labels", "scores"}`` (several class hypotheses per box, as RetinaNet or
+    DETR-style detectors output). ``gts[i]``: ``{"boxes": [M, 4],
     "labels": [M, 3]}`` with ``-1`` where a level is not annotated (those boxes are left out
     of that level's ground truth). Returns ``ap_<level>``, ``ap50_<level>``, ``ap75_<level>``,
     ``ar_<level>`` for each level and ``ap_aggregate``, ``ap50_aggregate``, ``ar_aggregate``
@@ -101,6 +103,16 @@ def dentex_scores(preds: Sequence[dict], gts: Sequence[dict], max_det: int = 100
     for k, level in enumerate(LEVELS):
         pb, pl, ps, gb, gl = [], [], [], [], []
         for p, g in zip(preds, gts):
+            glab = _np(g["labels"], np.int64).reshape(-1, 3)
+            gk = glab[:, k] >= 0
+            gb.append(_np(g["boxes"], np.float64).reshape(-1, 4)[gk])
+            gl.append(glab[gk, k])
+            if "level_dets" in p:  # several class hypotheses per box at this level
+                d = p["level_dets"][k]
+                pb.append(_np(d["boxes"], np.float64).reshape(-1, 4))
+                pl.append(_np(d["labels"], np.int64).reshape(-1))
+                ps.append(_np(d["scores"], np.float64).reshape(-1))
+                continue
             lab = _np(p["labels"], np.int64).reshape(-1, 3)
             sc = _np(p["level_scores"], np.float64).reshape(-1, 3)[:, k] if "level_scores" in p \
                 else _np(p["scores"], np.float64).reshape(-1)
@@ -108,10 +120,6 @@ def dentex_scores(preds: Sequence[dict], gts: Sequence[dict], max_det: int = 100
             pb.append(_np(p["boxes"], np.float64).reshape(-1, 4)[keep])
             pl.append(lab[keep, k])
             ps.append(sc[keep])
-            glab = _np(g["labels"], np.int64).reshape(-1, 3)
-            gk = glab[:, k] >= 0
-            gb.append(_np(g["boxes"], np.float64).reshape(-1, 4)[gk])
-            gl.append(glab[gk, k])
         m = coco_level(pb, pl, ps, gb, gl, CLASS_NAMES[level], max_det)
         for name, v in m.items():
             out[f"{name}_{level}"] = v

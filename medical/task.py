@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from shared.loss import sample_t
 from shared.param import Denoiser
 from shared.process import DiscreteVP
 from shared.registry import Splits
@@ -42,12 +43,14 @@ class MedicalModel(nn.Module):
         net = DiffusionDetNet(image_size=cfg.data.image_size, num_classes=tuple(NUM_CLASSES[lv] for lv in LEVELS),
                               signal_scale=m.signal_scale, layers=m.layers, block_inplanes=m.block_inplanes,
                               fpn_channels=m.fpn_channels, d_model=m.d_model, num_heads=m.num_heads, pool=m.pool,
-                              num_stages=m.num_stages, roi_levels=m.roi_levels)
+                              num_stages=m.num_stages, roi_levels=m.roi_levels, box_prior=m.box_prior or None,
+                              geo_fourier=m.geo_fourier)
         self.process = DiscreteVP.from_betas(m.schedule, m.num_train_timesteps)
         self.space = Euclidean()
         self.denoiser = Denoiser(net, self.process, prediction="x0", space=self.space)
         self.num_proposals = m.num_proposals
         self.signal_scale = m.signal_scale
+        self.box_prior = tuple(m.box_prior) or None
         self.image_size = tuple(cfg.data.image_size)
         self.sample_cfg = cfg.sample  # inference defaults (renewal, ensembling, NMS, batch size)
 
@@ -104,7 +107,7 @@ def _move(batch_images: Tensor, model: nn.Module) -> Tensor:
 def detect(model: MedicalModel, images: Tensor, *, solver, grid: Tensor, generator=None, renewal: bool = True,
            renewal_threshold: float = 0.1, ensemble: bool = True, nms_iou: float = 0.6, max_det: int = 100,
            init_boxes: Sequence[Tensor] | None = None, guidance: Callable | None = None,
-           num_proposals: int | None = None) -> list[dict]:
+           num_proposals: int | None = None, class_topk: int = 1) -> list[dict]:
     """Detect boxes by denoising random boxes (DiffusionDet inference).
 
     Args:
@@ -120,7 +123,10 @@ def detect(model: MedicalModel, images: Tensor, *, solver, grid: Tensor, generat
         guidance: optional ``denoise -> denoise`` transform (e.g. from :mod:`shared.guidance`).
         num_proposals: boxes to denoise (default: the training number; DiffusionDet may use more
             at inference than in training).
-    Returns per image ``{"boxes": [K, 4] xyxy, "scores": [K], "labels": [K, 3], "level_scores": [K, 3]}``.
+        class_topk: class hypotheses per box and level kept for scoring (``"level_dets"``, see
+            :func:`medical.detection.postprocess`); 1: the argmax label only.
+    Returns per image ``{"boxes": [K, 4] xyxy, "scores": [K], "labels": [K, 3], "level_scores": [K, 3]}``
+    (plus ``"level_dets"`` when ``class_topk > 1``).
     """
     B = images.shape[0]
     N, scale, size = num_proposals or model.num_proposals, model.signal_scale, model.image_size
@@ -133,8 +139,9 @@ def detect(model: MedicalModel, images: Tensor, *, solver, grid: Tensor, generat
         if len(init_boxes) != B:
             raise ValueError(f"init_boxes has {len(init_boxes)} entries for {B} images")
         gens = generator if isinstance(generator, (list, tuple)) else None
-        x0 = torch.stack([pad_boxes(boxes_to_signal(b.to(dev).float().reshape(-1, 4), size, scale), N, scale,
-                                    gens[i] if gens else (generator or torch.Generator().manual_seed(i)))
+        x0 = torch.stack([pad_boxes(boxes_to_signal(b.to(dev).float().reshape(-1, 4), size, scale, getattr(model, "box_prior", None)),
+                                    N, scale, gens[i] if gens else (generator or torch.Generator().manual_seed(i)),
+                                    prior=getattr(model, "box_prior", None))
                           for i, b in enumerate(init_boxes)])
         t = torch.full((B,), t0, device=dev)
         keep = torch.zeros(B, N, 1, dtype=torch.bool, device=dev)
@@ -151,7 +158,7 @@ def detect(model: MedicalModel, images: Tensor, *, solver, grid: Tensor, generat
            generator=generator)
     steps = ens.steps if ensemble else ens.steps[-1:]
     return postprocess([s for s, _ in steps], [lg for _, lg in steps], size, scale, nms_iou=nms_iou,
-                       max_det=max_det)
+                       max_det=max_det, prior=getattr(model, "box_prior", None), class_topk=class_topk)
 
 
 @torch.no_grad()
@@ -171,14 +178,16 @@ def denoise_from_ground_truth(model: MedicalModel, items: Sequence[dict], t: flo
     for a in range(0, len(items), batch_size):
         chunk = items[a:a + batch_size]
         imgs = _move(torch.stack([it["image"] for it in chunk]), model)
-        x0 = torch.stack([pad_boxes(boxes_to_signal(it["boxes"].float().reshape(-1, 4), size, scale), N, scale, g)
+        x0 = torch.stack([pad_boxes(boxes_to_signal(it["boxes"].float().reshape(-1, 4), size, scale, getattr(model, "box_prior", None)),
+                                    N, scale, g, prior=getattr(model, "box_prior", None))
                           for it in chunk]).to(imgs)
         tt = torch.full((len(chunk),), float(t), device=dev, dtype=imgs.dtype)
         xt = noised_boxes(x0, tt, model.process, model.space, g)
         aux: dict = {}
         out = model.denoiser(xt, tt, model.net.encode(imgs), aux=aux)
         s = model.sample_cfg
-        preds += postprocess([out], [aux["logits"]], size, scale, nms_iou=s.nms_iou, max_det=s.max_det)
+        preds += postprocess([out], [aux["logits"]], size, scale, nms_iou=s.nms_iou, max_det=s.max_det,
+                             prior=getattr(model, "box_prior", None))
     gts = [{"boxes": it["boxes"], "labels": it["labels"]} for it in items]
     return dentex_scores(preds, gts)
 
@@ -299,10 +308,14 @@ class MedicalTask:
                     for lab in labels:
                         lab[:, off] = -1
             size, scale, N = m.image_size, m.signal_scale, m.num_proposals
-            x0 = torch.stack([pad_boxes(boxes_to_signal(b.float(), size, scale), N, scale, generator)
-                              for b in boxes]).to(images)
-            k = torch.randint(0, m.process.num_train_timesteps, (B,), generator=generator, device=generator.device)
-            t = m.process.t_of_index(k).to(images)
+            x0 = torch.stack([pad_boxes(boxes_to_signal(b.float(), size, scale, m.box_prior), N, scale, generator,
+                                        cfg.loss.pad_repeat, m.box_prior) for b in boxes]).to(images)
+            if cfg.loss.time_sampler == "uniform":
+                k = torch.randint(0, m.process.num_train_timesteps, (B,), generator=generator, device=generator.device)
+                t = m.process.t_of_index(k).to(images)
+            else:  # e.g. logit-normal with a negative mean: more weight on low noise
+                t = sample_t(cfg.loss.time_sampler, B, process=m.process, generator=generator,
+                             m=cfg.loss.time_m, s=cfg.loss.time_s).to(images)
             xt = noised_boxes(x0, t, m.process, m.space, generator)
             cond = m.net.encode(images)
             aux: dict = {}
@@ -341,7 +354,8 @@ class MedicalTask:
                 gens = [torch.Generator(device=dev).manual_seed(int(sd)) for sd in seeds[a:a + s.batch_size]]
                 res = detect(model, imgs, solver=solver, grid=grid, generator=gens, renewal=renewal,
                              renewal_threshold=s.renewal_threshold, ensemble=ensemble, nms_iou=s.nms_iou,
-                             max_det=s.max_det, guidance=guidance, num_proposals=s.num_proposals or None)
+                             max_det=s.max_det, guidance=guidance, num_proposals=s.num_proposals or None,
+                             class_topk=getattr(s, "class_topk", 1))
                 for i, r in zip(sel, res):
                     r["index"] = i
                     out.append(r)

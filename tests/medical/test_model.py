@@ -245,3 +245,81 @@ def test_denoise_from_ground_truth_oracle():
     assert far["ap_aggregate"] < 0.2
     with pytest.raises(ValueError, match="t must be"):
         denoise_from_ground_truth(m, items, 0.0)
+
+
+def test_centre_prior_and_dynamic_k_matching():
+    """Centre prior: a far-away proposal is not taken as an extra positive; dynamic k: a box
+    with one well-overlapping proposal gets one positive, one with several gets more."""
+    from medical.configs import LossConfig
+    from medical.detection import hungarian_match
+
+    gt = torch.tensor([[10.0, 10.0, 30.0, 30.0], [60.0, 10.0, 80.0, 40.0]])
+    labels = torch.tensor([[0, 0, 0], [1, 1, 1]])
+    boxes = torch.tensor([[10.0, 10.0, 30.0, 30.0], [90.0, 40.0, 99.0, 49.0],  # near gt 0; far from both
+                          [60.0, 10.0, 80.0, 40.0], [60.0, 11.0, 80.0, 40.0], [61.0, 10.0, 80.0, 40.0],
+                          [60.0, 10.0, 79.0, 39.0]])  # four near-copies of gt 1
+    logits = [torch.zeros(6, 4), torch.zeros(6, 8), torch.zeros(6, 4)]
+    r, c = hungarian_match(boxes, logits, gt, labels, (100, 50), LossConfig(match_k=3))
+    assert 1 in r.tolist()  # static k: the far box is forced onto a ground truth
+    r, c = hungarian_match(boxes, logits, gt, labels, (100, 50),
+                           LossConfig(match_k=3, match_dynamic=True, match_center=2.5))
+    pairs = dict(zip(r.tolist(), c.tolist()))
+    assert 1 not in pairs and pairs[0] == 0
+    pos1 = [k for k, v in pairs.items() if v == 1]
+    # k = floor(sum of the top-3 IoUs 1 + 0.97 + 0.95) = 2 near-copies for gt 1, 1 for gt 0
+    assert len(pos1) == 2 and 2 in pos1 and set(pos1) <= {2, 3, 4, 5} and len(pairs) == 3
+    with pytest.raises(ValueError, match="pad_repeat"):
+        LossConfig(pad_repeat=1.5)
+    with pytest.raises(ValueError, match="time_sampler"):
+        LossConfig(time_sampler="nope")
+
+
+def test_box_prior_signal_and_repeat_padding():
+    from medical.backbones import boxes_to_signal, signal_to_boxes
+    from medical.configs import ModelConfig
+    from medical.detection import pad_boxes
+
+    prior = (0.5, 0.45, 0.07, 0.3, 0.5, 0.35, 0.08, 0.2)
+    b = torch.tensor([[10.0, 5.0, 30.0, 45.0]])
+    x = boxes_to_signal(b, (256, 128), 2.0, prior)
+    assert torch.allclose(signal_to_boxes(x, (256, 128), 2.0, prior), b, atol=1e-4)
+    # the default prior is DiffusionDet's (2 b - 1) * scale
+    assert torch.allclose(boxes_to_signal(b, (256, 128), 2.0, None),
+                          boxes_to_signal(b, (256, 128), 2.0, (0.5,) * 8))
+    # pure noise decodes to tooth-sized boxes under the prior
+    z = signal_to_boxes(torch.randn(2000, 4, generator=torch.Generator().manual_seed(0)), (256, 128), 2.0, prior)
+    wh = (z[:, 2:] - z[:, :2]) / torch.tensor([256.0, 128.0])
+    assert abs(float(wh[:, 0].median()) - 0.07) < 0.01 and abs(float(wh[:, 1].median()) - 0.3) < 0.03
+    with pytest.raises(ValueError, match="box_prior"):
+        ModelConfig(box_prior=(0.5, 0.5))
+    gt = boxes_to_signal(torch.tensor([[10.0, 5.0, 30.0, 45.0], [50.0, 5.0, 70.0, 45.0]]), (256, 128), 2.0)
+    g = torch.Generator().manual_seed(0)
+    out = pad_boxes(gt, 12, 2.0, g, repeat=0.5)
+    assert out.shape == (12, 4) and torch.equal(out[:2], gt)
+    assert torch.equal(out[2:7], gt[torch.arange(5) % 2])  # 5 of the 10 filler slots repeat the ground truth
+    assert not any(torch.equal(out[i], gt[j]) for i in range(7, 12) for j in range(2))
+
+
+def test_class_topk_hypotheses():
+    """With ``class_topk`` a box also carries its runner-up classes per level (DiffusionDet /
+    RetinaNet style); a box whose tooth class is second-best is then found at the tooth level."""
+    from medical.backbones import boxes_to_signal
+    from medical.detection import postprocess
+    from medical.metrics import dentex_scores
+
+    gt = torch.tensor([[10.0, 10.0, 30.0, 50.0], [60.0, 10.0, 80.0, 50.0]])
+    labels = torch.tensor([[0, 2, 1], [1, 5, 3]])
+    sig = boxes_to_signal(gt, (128, 64), 2.0)[None]
+    lg = [torch.full((1, 2, k), -6.0) for k in (4, 8, 4)]
+    for i in range(2):
+        lg[0][0, i, labels[i, 0]] = 4.0
+        lg[2][0, i, labels[i, 2]] = 4.0
+    lg[1][0, 0, 2], lg[1][0, 0, 3] = 1.0, 2.0  # box 0: true tooth class only second best
+    lg[1][0, 1, 5] = 4.0
+    one = postprocess([sig], [lg], (128, 64), 2.0)
+    two = postprocess([sig], [lg], (128, 64), 2.0, class_topk=2)
+    assert "level_dets" not in one[0] and len(two[0]["level_dets"][1]["boxes"]) == 4
+    g = [{"boxes": gt, "labels": labels}]
+    s1, s2 = dentex_scores(one, g), dentex_scores(two, g)
+    assert s1["ap_tooth"] < 0.6 and s2["ap_tooth"] > 0.99
+    assert s2["ap_quadrant"] == pytest.approx(s1["ap_quadrant"]) and s2["ap_diagnosis"] == pytest.approx(1.0)
