@@ -154,7 +154,8 @@ def default() -> MoleculesConfig:
     """About two CPU-minutes of training on one core: the whole 20k sample, small models. Quality
     is limited by that budget (see benchmarks/molecules.py for a longer run)."""
     return MoleculesConfig(
-        graph=GraphConfig(hidden=64, edge_hidden=32, layers=3, heads=4, simplex=True),
+        graph=GraphConfig(hidden=64, edge_hidden=32, layers=3, heads=4, simplex=True, valence_features=True,
+                          self_condition=0.5),
         predictor=PredictorConfig(hidden=48, edge_hidden=24, layers=2, heads=4),
         smiles=SmilesConfig(d_model=64, layers=2, heads=4, simplex=True),
         train=TrainConfig(steps=400, batch_size=64, lr=3e-3, warmup_steps=30, lr_schedule="cosine",
@@ -166,7 +167,8 @@ def default() -> MoleculesConfig:
 def gpu() -> MoleculesConfig:
     """Real numbers on one GPU (H100): larger models, many more steps."""
     return MoleculesConfig(
-        graph=GraphConfig(hidden=256, edge_hidden=128, layers=8, heads=8, simplex=True),
+        graph=GraphConfig(hidden=256, edge_hidden=128, layers=8, heads=8, simplex=True, valence_features=True,
+                          self_condition=0.5),
         predictor=PredictorConfig(hidden=192, edge_hidden=96, layers=6, heads=8),
         smiles=SmilesConfig(d_model=256, layers=8, heads=8, simplex=True),
         train=TrainConfig(steps=30000, batch_size=512, lr=5e-4, warmup_steps=1000, lr_schedule="cosine",
