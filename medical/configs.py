@@ -63,13 +63,13 @@ class ModelConfig:
     signal_scale: float = 2.0
     box_prior: tuple[float, ...] = ()
     geo_fourier: int = 0
+    roi_levels: str = "assign"
+    schedule: str = "cosine"
+    num_train_timesteps: int = 1000
 
     def __post_init__(self):
         if self.box_prior and (len(self.box_prior) != 8 or min(self.box_prior[4:]) <= 0):
             raise ValueError(f"model.box_prior must be empty or 4 means and 4 positive stds, got {self.box_prior}")
-    roi_levels: str = "assign"
-    schedule: str = "cosine"
-    num_train_timesteps: int = 1000
 
 
 @dataclass(frozen=True)
