@@ -21,6 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .data import MAX_VALENCE
 from .space import pack, unpack
 
 __all__ = ["TimeEmbedding", "GraphTransformer", "GraphRegressor", "SmilesTransformer", "SmilesUNet1D",
@@ -87,9 +88,6 @@ class _GraphLayer(nn.Module):
         return h, e * pair_mask[..., None]
 
 
-#: Largest total bond order per atom class of :data:`molecules.data.ATOM_TYPES` (C, N, O, F, N+,
-#: O-, N-, C-), the same table as ``molecules.metrics.MAX_VALENCE``.
-_MAX_VALENCE = (4.0, 3.0, 2.0, 1.0, 4.0, 1.0, 2.0, 3.0)
 
 
 def valence_features(X: Tensor, E: Tensor, pair: Tensor) -> Tensor:
@@ -106,7 +104,7 @@ def valence_features(X: Tensor, E: Tensor, pair: Tensor) -> Tensor:
     nb = (1 - pe[..., 0]).mul(pair).sum(-1)             # [B, N] expected neighbour count
     px = ((X + 1) * 0.5).clamp(0, 1)
     px = px / px.sum(-1, keepdim=True).clamp_min(1e-6)
-    maxv = torch.tensor(_MAX_VALENCE[: X.shape[-1]], device=X.device, dtype=X.dtype)
+    maxv = torch.tensor(MAX_VALENCE[: X.shape[-1]], device=X.device, dtype=X.dtype)
     m = (px * maxv).sum(-1)
     return torch.stack([v, m, m - v, nb], dim=-1) / 4.0
 

@@ -56,6 +56,8 @@ ATOM_TYPES: tuple[tuple[str, int], ...] = (("C", 0), ("N", 0), ("O", 0), ("F", 0
                                            ("O", -1), ("N", -1), ("C", -1))
 #: Bond classes 1..3 (0 = no bond), Kekulé bond orders.
 BOND_ORDERS: tuple[str, ...] = ("NONE", "SINGLE", "DOUBLE", "TRIPLE")
+#: Highest total bond order (implicit H) per atom class of :data:`ATOM_TYPES`.
+MAX_VALENCE: tuple[int, ...] = (4, 3, 2, 1, 4, 1, 2, 3)
 #: The 22 SMILES symbols of QM9 (canonical, no stereo); "_" pads.
 SMILES_ALPHABET: tuple[str, ...] = ("_", "C", "N", "O", "F", "c", "n", "o", "(", ")", "=", "#",
                                     "[", "]", "H", "+", "-", "1", "2", "3", "4", "5")

@@ -18,6 +18,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .data import MAX_VALENCE
+
 __all__ = ["sanitize", "largest_fragment", "validity_report", "invalidity_breakdown", "graph_statistics",
            "distribution_metrics",
            "rdkit_descriptor", "descriptor_table", "regression_metrics", "draw_grid", "qed_sa"]
@@ -81,10 +83,6 @@ def validity_report(samples: Sequence, reference: Iterable[str] | None = None,
         ref = reference if isinstance(reference, (set, frozenset)) else set(reference)
         out[reference_name] = (len(uniq - ref) / len(uniq)) if uniq else 0.0
     return out
-
-
-#: Highest total bond order (implicit H) per atom class of :data:`molecules.data.ATOM_TYPES`.
-MAX_VALENCE: tuple[int, ...] = (4, 3, 2, 1, 4, 1, 2, 3)
 
 
 def invalidity_breakdown(atoms, bonds) -> dict[str, float]:
