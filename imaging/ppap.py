@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from shared.loss import q_sample
+
 __all__ = ["uniform_intervals", "train_experts", "encode_images", "noise_profile", "clean_classifier", "expert_log_prob",
            "guided_denoiser", "guided_sample", "guided_correct", "guided_accuracy", "select_scale", "compare"]
 
@@ -141,8 +143,7 @@ def train_experts(model, images: Tensor, labels: Tensor | None = None, *,
         def loss_fn(m, batch, g, lo=tlo, hi=hi):
             x0, y = batch
             t = lo + (hi - lo) * torch.rand(x0.shape[0], generator=g, device=g.device).to(x0)
-            eps = sp.noise(x0, g)
-            x_t = sp.bcast(proc.alpha(t), x0) * x0 + sp.bcast(proc.sigma(t), x0) * eps
+            x_t, _ = q_sample(proc, x0, t, space=sp, generator=g)
             logits = m(x_t)
             if teacher is not None:
                 with torch.no_grad():
@@ -235,9 +236,9 @@ def noise_profile(model, experts, images: Tensor, labels: Tensor, ts: Sequence[f
     g = torch.Generator().manual_seed(seed)
     out = {}
     for t in ts:
-        tt = torch.full((len(z),), float(t))
-        a, s = proc.alpha(tt).to(z.dtype), proc.sigma(tt).to(z.dtype)
-        x = (sp.bcast(a, z) * z + sp.bcast(s, z) * sp.noise(z, g)).requires_grad_(True)
+        tt = torch.full((len(z),), float(t), dtype=z.dtype)
+        a, s = proc.alpha(tt), proc.sigma(tt)
+        x = q_sample(proc, z, tt, space=sp, generator=g)[0].requires_grad_(True)
         lp = lp_fn(x, tt)
         (gr,) = torch.autograd.grad(lp.sum(), x)
         with torch.no_grad():
