@@ -83,6 +83,11 @@ class TrainConfig:
     device:           'auto' (CUDA when present), 'cpu' or 'cuda'.
     compile:          wrap the model in ``torch.compile``.
     num_workers:      DataLoader workers for domains that build a DataLoader.
+    max_seconds:      wall-clock budget of one ``fit`` call (0: none). Training stops after the
+                      step that spends it, or at ``steps``, whichever comes first; after warm-up
+                      the cosine schedule follows the larger of step and time progress, so it
+                      still decays to 0 when the time runs out first. For fixed-time runs (GPU
+                      benchmarks); the stopping step depends on the machine, so results do too.
     """
 
     steps: int = 1000
@@ -104,6 +109,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
     num_workers: int = 0
+    max_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -121,6 +127,8 @@ class TrainConfig:
             ("keep_checkpoints", self.keep_checkpoints >= 1, "must be >= 1"),
             ("log_every", self.log_every >= 1, "must be >= 1"),
             ("num_workers", self.num_workers >= 0, "must be >= 0"),
+            ("max_seconds", self.max_seconds >= 0 and math.isfinite(self.max_seconds),
+             "must be a finite number of seconds >= 0 (0: no time budget)"),
         ]
         for name, ok, why in checks:
             if not ok:

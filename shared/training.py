@@ -76,6 +76,40 @@ METRIC_COLUMNS = ("step", "loss", "loss_avg", "lr", "grad_norm", "samples_per_s"
 # --------------------------------------------------------------------------- small pure helpers
 
 
+class _TimeBudget:
+    """``TrainConfig.max_seconds`` inside one ``fit``: the time progress of the LR schedule
+    (counted from the end of warm-up) and the stop decision. Under several processes the
+    elapsed time is the maximum over processes, so all of them stop at the same step."""
+
+    def __init__(self, cfg: TrainConfig, acc: Any = None) -> None:
+        self.cfg, self.acc = cfg, acc
+        self.t0 = time.perf_counter()
+        self.t_warm: float | None = None
+        self.elapsed = 0.0
+
+    def _now(self) -> float:
+        e = time.perf_counter() - self.t0
+        if self.acc is not None:
+            e = float(self.acc.reduce(torch.tensor(e, device=self.acc.device), "max"))
+        return e
+
+    def progress(self, step: int) -> float:
+        if self.cfg.max_seconds <= 0:
+            return 0.0
+        self.elapsed = self._now()
+        if step < self.cfg.warmup_steps:
+            return 0.0
+        if self.t_warm is None:
+            self.t_warm = self.elapsed
+        return min(1.0, (self.elapsed - self.t_warm) / max(self.cfg.max_seconds - self.t_warm, 1e-9))
+
+    def spent(self) -> bool:
+        if self.cfg.max_seconds <= 0:
+            return False
+        self.elapsed = self._now()
+        return self.elapsed >= self.cfg.max_seconds
+
+
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed mixed from integers (numpy SeedSequence), for independent streams."""
     ss = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts] + [len(parts)])
@@ -83,15 +117,18 @@ def derive_seed(*parts: int) -> int:
     return (lo | (hi << 32)) & (2**63 - 1)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: TrainConfig, time_progress: float = 0.0) -> float:
     """LR of the update that makes step ``step + 1`` (0-based ``step``): linear warm-up over
-    ``warmup_steps`` updates, then constant or cosine decay to 0 at ``cfg.steps``."""
+    ``warmup_steps`` updates, then constant or cosine decay to 0 at ``cfg.steps``.
+
+    ``time_progress`` (in [0, 1], used with ``cfg.max_seconds``): the fraction of the post-warm-up
+    time budget already spent; the cosine follows whichever progress is further along."""
     f = 1.0
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
         f = (step + 1) / cfg.warmup_steps
     elif cfg.lr_schedule == "cosine":
         span = max(1, cfg.steps - cfg.warmup_steps)
-        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        progress = min(1.0, max((step - cfg.warmup_steps) / span, time_progress))
         f = 0.5 * (1.0 + math.cos(math.pi * progress))
     return cfg.lr * f
 
@@ -395,10 +432,11 @@ class Trainer:
                    desc="train", dynamic_ncols=True, leave=False)
         t0 = time.perf_counter()
         t_log, samples_since, loss_sum, loss_n = t0, 0, 0.0, 0
+        budget = _TimeBudget(cfg, acc if self.num_processes > 1 else None)
         train_model.train()
         try:
             for step in range(start, cfg.steps):
-                lr = lr_at(step, cfg)
+                lr = lr_at(step, cfg, budget.progress(step))
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 loss_acc = torch.zeros((), device=self.device)
@@ -449,7 +487,7 @@ class Trainer:
                 bar.update(1)
                 for cb in callbacks:
                     cb(self, record)
-                if self._stop:
+                if self._stop or budget.spent():
                     break
                 if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step != cfg.steps):
                     self.save(self.step)

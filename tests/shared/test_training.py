@@ -114,6 +114,32 @@ def test_lr_and_ema_schedules():
     assert ema_decay_at(6, replace(e, ema_warmup=5)) == 0.0 and ema_decay_at(8, replace(e, ema_warmup=5)) > 0
 
 
+def test_time_budget_stops_and_decays_lr(monkeypatch):
+    """max_seconds: a fake clock advancing 1 s per reading; stop once 10 s are spent, and the
+    cosine (after warm-up) follows time progress when it runs ahead of step progress."""
+    c = TrainConfig(steps=1000, lr=1.0, warmup_steps=2, lr_schedule="cosine")
+    assert lr_at(500, c, time_progress=0.5) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(600, c, time_progress=0.1) == pytest.approx(lr_at(600, c))  # step progress ahead
+    assert lr_at(1, c, time_progress=0.9) == 1.0  # warm-up is by steps only
+    import shared.training as tr
+
+    clock = [0.0]  # fake wall clock: each optimizer step takes exactly 1 s
+    monkeypatch.setattr(tr.time, "perf_counter", lambda: clock[0])
+
+    def tick(trainer, rec):
+        lrs.append(rec["lr"])
+        clock[0] += 1.0
+
+    cfg = replace(CFG, steps=1000, checkpoint_every=0, max_seconds=10.0)  # warm-up 3 steps
+    t, lrs = Trainer(cfg, progress=False), []
+    t.fit(make_model(), noisy_loss, DATA, callbacks=[tick])
+    assert t.step == 10  # stopped by the budget, not at 1000 steps
+    cos = [0.5 * (1 + math.cos(math.pi * k / 7)) for k in range(7)]  # 7 s left after warm-up
+    assert lrs == pytest.approx([c * cfg.lr for c in [1 / 3, 2 / 3, 1.0] + cos])
+    with pytest.raises(ConfigError, match="max_seconds"):
+        TrainConfig(max_seconds=-1)
+
+
 def test_grad_accumulation_matches_full_batch():
     cfg = replace(CFG, checkpoint_every=0, ema_decay=0.0, grad_clip=0.0)
     m1 = Trainer(cfg, progress=False).fit(make_model(dropout=0.0), plain_loss, DATA)
