@@ -1,6 +1,7 @@
 """Benchmark: GPD zero-shot forecasting vs gluonts baselines, in one process, on the same splits.
 
     python benchmarks/timeseries.py [--quick] --json PATH [--threads N] [--device auto]
+    python benchmarks/timeseries.py --preset gpu --json PATH [--budget 120]
 
 ETTh1 (LTSF protocol: z-scored with training statistics, lookback 336, H = 96, 7 channels
 independent, rolling test windows; every ``--stride``-th window, the same windows for every
@@ -21,6 +22,14 @@ zero-shot). The ETTh1 point forecast is the sample mean (``etth1_mse_h96``,
 ``etth1_mae_h96``); the sample median's errors are recorded too (``etth1_median_*``). gluonts'
 Evaluator scores MASE on the median of the M4h samples.
 
+GPU mode: ``--preset gpu [--budget 120] [--device cuda]`` scores EVERY ETTh1 test window and runs
+the whole benchmark (imports, data, all trainings, sampling, evaluation) within ``--budget``
+seconds: the trainings get fixed shares of it (``train.max_seconds`` for GPD, lightning's
+``max_time`` on top of an epochs x batches cap for DLinear / DeepAR), later stages are shortened
+or skipped when the clock runs short, failures are recorded under their keys, and the JSON is
+rewritten after every stage (see ``main_gpu``). ``--preset gpu --device cpu --smoke`` runs the
+same code path with tiny sizes on a CPU in well under a minute.
+
 Writes JSON with ``etth1_mse_h96``, ``etth1_mae_h96``, ``etth1_zeroshot_mse_h96``,
 ``dlinear_mse_h96``, ``m4h_crps``, ``m4h_mase``, ``m4h_crps_seasonal_naive``, ``m4h_crps_deepar``
 plus timings and the settings used, and prints a markdown table.
@@ -38,6 +47,8 @@ import sys
 import time
 import warnings
 from pathlib import Path
+
+_T_PROCESS = time.perf_counter()  # before numpy / torch / gluonts imports: the GPU mode's budget clock
 
 import numpy as np
 import torch
@@ -109,7 +120,8 @@ def gpd_forecast(model, cfg, hist, H, seed=0):
     s = forecast(model, hist, H, num_samples=fc.num_samples, method=fc.method, solver=fc.solver, grid=fc.grid,
                  steps=fc.steps, guidance_scale=fc.guidance_scale, resample=fc.resample,
                  guidance_min_alpha=fc.guidance_min_alpha, weighting=fc.weighting,
-                 obs_var=fc.obs_var, replace=fc.replace, generator=seed, batch_size=fc.batch_size)
+                 obs_var=fc.obs_var, replace=fc.replace, generator=seed, batch_size=fc.batch_size,
+                 noise_block=fc.noise_block)
     return s, time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -176,13 +188,23 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--stride", type=int, default=None, help="ETTh1 test-window stride (1 = every window)")
+    p.add_argument("--preset", default=None, choices=["default", "quick", "gpu"],
+                   help="default (the CPU run), quick (= --quick) or gpu (fixed wall-clock budget, every window)")
+    p.add_argument("--budget", type=float, default=None, help="--preset gpu: seconds for the whole run (120)")
+    p.add_argument("--smoke", action="store_true", help="--preset gpu: tiny sizes, to check the code path on CPU")
     a = p.parse_args(argv)
+    if a.preset == "quick":
+        a.quick = True
     if a.threads:
         torch.set_num_threads(a.threads)
     warnings.filterwarnings("ignore")
     for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "gluonts"):
         logging.getLogger(name).setLevel(logging.ERROR)
     device = "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
+    if a.preset == "gpu":
+        return main_gpu(a, device)
+    if a.smoke or a.budget is not None:
+        p.error("--smoke and --budget belong to --preset gpu")
     s = settings(a.quick, device)
     if a.stride:
         s["stride"] = a.stride
@@ -334,6 +356,416 @@ def main(argv=None) -> int:
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(res, indent=1, default=float) + "\n")
     os.replace(tmp, out)
+    return 0
+
+
+# ================================================================================ GPU mode
+#
+#   python benchmarks/timeseries.py --preset gpu --json PATH [--budget 120] [--device cuda]
+#   python benchmarks/timeseries.py --preset gpu --device cpu --smoke --json PATH   (CPU check)
+#
+# The whole run (data, every training, sampling, evaluation, JSON) fits ``--budget`` seconds.
+# Every stage after the first is optional: it records its error string under its key and the
+# run goes on; the JSON is rewritten after every stage, so a run killed from outside still
+# leaves the figures done so far. Trainings take a fixed share of the budget (``train.max_seconds``
+# for GPD, lightning's ``max_time`` on top of an epochs x batches cap for DLinear / DeepAR), each
+# shortened when the clock says the rest would not fit. ETTh1 test windows are forecast in
+# interleaved passes (pass j: windows j, j+P, j+2P, ...; every series keeps its own seed key, so
+# the samples are those of one call over all windows); if the clock runs short after some
+# passes, every method is scored on the windows of the passes done (``etth1_windows``).
+
+GPU_PASSES = 4
+
+
+def gpu_settings(budget: float, smoke: bool, device: str) -> dict:
+    """Knobs of the GPU mode; shares are fractions of ``budget`` (recorded in the JSON)."""
+    g = configs.gpu()
+    s = dict(preset="gpu", smoke=smoke, budget_s=budget, slack=0.13, device=device, stride=1, passes=GPU_PASSES,
+             hidden=g.model.hidden, depth=g.model.depth, dropout=g.model.dropout, gpd_batch=g.train.batch_size,
+             gpd_lr=g.train.lr, gpd_warmup=g.train.warmup_steps, gpd_ema=g.train.ema_decay, gpd_steps_cap=100000,
+             share_gpd_in=0.15, share_gpd_zs=0.11, share_dlinear=0.08, share_deepar=0.08,
+             fc_steps=g.forecast.steps, samples=g.forecast.num_samples, fc_batch=g.forecast.batch_size,
+             scale_candidates=SCALE_CANDIDATES, val_stride=48, val_m4_series=414, val_samples=16,
+             in_domain_stride=1, in_domain_max_per_series=None, m4_series=414, m4_samples=M4_SAMPLES,
+             dlinear_epochs=10, dlinear_batches=100, dlinear_batch=128, deepar_epochs=30, deepar_batches=50,
+             deepar_batch=64, cpu_timing_windows=2)
+    if smoke:  # same code path, tiny sizes: seconds on a CPU
+        s.update(stride=60, hidden=64, depth=2, gpd_batch=64, gpd_warmup=5, gpd_steps_cap=400,
+                 share_gpd_in=0.03, share_gpd_zs=0.03, share_dlinear=0.03, share_deepar=0.03,
+                 fc_steps=5, samples=4, fc_batch=512, val_stride=480, val_m4_series=20, val_samples=4,
+                 in_domain_stride=8, m4_series=20, m4_samples=4, dlinear_epochs=1, dlinear_batches=10,
+                 dlinear_batch=32, deepar_epochs=1, deepar_batches=5, deepar_batch=32, cpu_timing_windows=1)
+    return s
+
+
+def gpu_gpd_config(s: dict, train_on: tuple[str, ...], in_domain: bool, max_seconds: float):
+    """The GPD config of the GPU mode (the ``gpu`` preset resized by the settings)."""
+    cfg = configs.gpu()
+    return apply_overrides(cfg, {
+        "model.hidden": s["hidden"], "model.depth": s["depth"], "model.dropout": s["dropout"],
+        "data.train_on": list(train_on), "data.stride": s["in_domain_stride"] if in_domain else 2,
+        "data.max_per_series": s["in_domain_max_per_series"] if in_domain else 2000,
+        "train.steps": s["gpd_steps_cap"], "train.batch_size": s["gpd_batch"], "train.lr": s["gpd_lr"],
+        "train.warmup_steps": s["gpd_warmup"], "train.ema_decay": s["gpd_ema"], "train.device": s["device"],
+        "train.max_seconds": float(max_seconds), "train.checkpoint_every": 0,
+        "forecast.steps": s["fc_steps"], "forecast.num_samples": s["samples"], "forecast.batch_size": s["fc_batch"],
+    })
+
+
+def _sync(device: str):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def main_gpu(a, device: str) -> int:
+    budget = float(a.budget if a.budget is not None else 120.0)
+    s = gpu_settings(budget, a.smoke, device)
+    t_start = _T_PROCESS  # the budget covers the imports too
+    deadline = budget * (1 - s["slack"])
+
+    def elapsed():
+        return time.perf_counter() - t_start
+
+    def left():
+        return deadline - elapsed()
+
+    def log(m):
+        print(f"[{elapsed():6.1f}s] {m}", flush=True)
+
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.cuda.reset_peak_memory_stats()
+    res: dict = {"preset": "gpu", "smoke": bool(a.smoke), "budget_s": budget, "settings": s,
+                 "device": torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or "cpu"),
+                 "torch_device": device, "torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
+    out = Path(a.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def dump():
+        res["wall_seconds"] = elapsed()
+        if device == "cuda":
+            res["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps(res, indent=1, default=float) + "\n")
+        os.replace(tmp, out)
+
+    def stage(name, fn, *keys):
+        """Run an optional stage; on failure record the error under ``keys`` (or ``name``)."""
+        t0 = time.perf_counter()
+        try:
+            fn()
+            ok = True
+        except Exception as e:  # noqa: BLE001 - partial figures beat none
+            import traceback
+
+            msg = f"{type(e).__name__}: {e}"
+            log(f"  {name} FAILED: {msg}")
+            traceback.print_exc()
+            for k in keys or (name,):
+                res.setdefault(k, f"error: {msg}")
+            res.setdefault("errors", {})[name] = msg
+            ok = False
+        res.setdefault("stage_seconds", {})[name] = time.perf_counter() - t0
+        dump()
+        return ok
+
+    log(f"timeseries GPU mode on {res['device']} ({device}), budget {budget:.0f}s "
+        f"(plan to finish by {deadline:.0f}s){' SMOKE' if a.smoke else ''}")
+    torch.manual_seed(0)
+    H, L = 96, 336
+    ett = load_ltsf("etth1", lookback=L)
+    x, y = ltsf_windows(ett, "test", horizon=H, stride=s["stride"])
+    W, C = x.shape[0], x.shape[1]
+    hist_all, fut_all = x.reshape(-1, L), y.reshape(-1, H)
+    xv, yv = ltsf_windows(ett, "val", horizon=H, stride=s["val_stride"])
+    m4_train, m4_test_full, H4 = load_m4_hourly()
+    from gluonts.dataset.common import ListDataset
+
+    m4_test = m4_test_full
+    if s["m4_series"] < len(m4_test_full):
+        m4_test = ListDataset(list(m4_test_full)[: s["m4_series"]], freq="h")
+    res["etth1_test_windows_total"] = int(W)
+    res["m4h_series"] = len(m4_test)
+    log(f"data: ETTh1 {W} test windows x {C} channels, {xv.shape[0]} val windows; M4h {len(m4_test)} series")
+    st: dict = {}  # objects shared between stages
+
+    # ---- GPD in-domain: train, pick the guidance scale on validation, forecast every window
+    def gpd_train(key, train_on, in_domain, share):
+        secs = min(share * budget, max(1.0, left() - (0.55 if in_domain else 0.35) * budget))
+        cfg = gpu_gpd_config(s, train_on, in_domain, secs)
+        t0, c0 = time.perf_counter(), time.process_time()
+        ds = WindowDataset(pretraining_series(cfg.data.train_on, lookback=cfg.data.lookback), window=cfg.model.window,
+                           norm_len=cfg.model.norm_len, stride=cfg.data.stride, max_per_series=cfg.data.max_per_series)
+        t_data = time.perf_counter() - t0
+        model = GPDModel(cfg.model)
+        tr = Trainer(cfg.train, None, progress=False)
+        t1 = time.perf_counter()
+        tr.fit(model, lambda m, b, g: m(b, g), ds.tensor())
+        _sync(device)
+        t_fit = time.perf_counter() - t1
+        res[f"{key}_train_seconds"] = time.perf_counter() - t0
+        res[f"{key}_train_fit_seconds"], res[f"{key}_train_data_seconds"] = t_fit, t_data
+        res[f"{key}_train_cpu_seconds"] = time.process_time() - c0
+        res[f"{key}_train_steps"], res[f"{key}_train_max_seconds"] = tr.step, secs
+        res[f"{key}_train_windows"] = len(ds)
+        res[f"{key}_train_samples_per_s"] = tr.step * cfg.train.batch_size / max(t_fit, 1e-9)
+        res[f"{key}_final_loss"] = tr.history[-1]["loss_avg"] if tr.history else None
+        res[f"{key}_params"] = sum(p.numel() for p in model.parameters())
+        log(f"  GPD on {'+'.join(train_on)}: {len(ds)} windows, {tr.step} steps in {t_fit:.1f}s "
+            f"(budget {secs:.1f}s), loss {res[f'{key}_final_loss']}")
+        return tr.sampling_model.eval(), cfg
+
+    def fc_timed(model, cfg, hist, horizon, seed, keys=None):
+        fc = cfg.forecast
+        _sync(device)
+        t0 = time.perf_counter()
+        smp = forecast(model, hist, horizon, num_samples=fc.num_samples, method=fc.method, solver=fc.solver,
+                       grid=fc.grid, steps=fc.steps, guidance_scale=fc.guidance_scale, resample=fc.resample,
+                       guidance_min_alpha=fc.guidance_min_alpha, weighting=fc.weighting, obs_var=fc.obs_var,
+                       replace=fc.replace, generator=seed, batch_size=fc.batch_size, keys=keys,
+                       noise_block=fc.noise_block)
+        _sync(device)
+        return smp, time.perf_counter() - t0
+
+    def forecast_passes(model, cfg, passes, what, reserve):
+        """Forecast the ETTh1 test windows pass by pass (pass j: windows j::P); returns
+        ({pass: samples [n_j * C, S, H]}, seconds). A pass starts only if, after it, the clock
+        leaves ``reserve(passes done then, seconds per pass)`` for the later stages."""
+        P = s["passes"]
+        done, t_tot = {}, 0.0
+        for j in passes:
+            w = np.arange(j, W, P)
+            rows = (w[:, None] * C + np.arange(C)[None, :]).reshape(-1)
+            per = t_tot / max(len(done), 1)
+            if done and left() < 1.2 * per + reserve(len(done) + 1, per):
+                log(f"  {what}: clock short, stopping after {len(done)} of {P} passes")
+                break
+            smp, t = fc_timed(model, cfg, hist_all[rows], H, 0, keys=[int(r) for r in rows])
+            done[j], t_tot = smp, t_tot + t
+            log(f"  {what}: pass {j + 1}/{P}: {rows.size} series in {t:.1f}s")
+        return done, t_tot
+
+    def rows_of(passes):
+        P = s["passes"]
+        ws = [np.arange(j, W, P) for j in passes]
+        return np.concatenate([(w[:, None] * C + np.arange(C)[None, :]).reshape(-1) for w in ws])
+
+    def st_in_domain():
+        m_in, cfg_in = gpd_train("gpd", ("etth1",), True, s["share_gpd_in"])
+        st["m_in"] = m_in
+        scores = {}
+        t0 = time.perf_counter()
+        for g in s["scale_candidates"]:
+            c = apply_overrides(cfg_in, {"forecast.guidance_scale": g, "forecast.num_samples": s["val_samples"]})
+            smp, _ = fc_timed(m_in, c, xv.reshape(-1, L), H, 1)
+            scores[g] = mse(smp.mean(1), yv.reshape(-1, H))
+        best = min(scores, key=scores.get)
+        res["etth1_val_mse_by_scale"], res["guidance_scale_in_domain"] = scores, best
+        res["etth1_val_seconds"] = time.perf_counter() - t0
+        log(f"  ETTh1 model: validation MSE by guidance scale {scores} -> {best}")
+        cfg_in = apply_overrides(cfg_in, {"forecast.guidance_scale": best})
+        st["cfg_in"] = cfg_in
+        dump()
+        # after pass k: zero-shot training, its forecast of the same k passes, M4, DLinear, DeepAR
+        c0 = time.process_time()
+        done, t_fc = forecast_passes(m_in, cfg_in, range(s["passes"]), "ours in-domain",
+                                     lambda k, per: k * per + (s["share_gpd_zs"] + 0.30) * budget)
+        res["gpd_forecast_cpu_seconds"] = time.process_time() - c0
+        st["passes"] = sorted(done)
+        rows = rows_of(st["passes"])
+        smp = np.concatenate([done[j] for j in st["passes"]])
+        fut = fut_all[rows]
+        m = forecast_metrics(smp, fut)
+        res["etth1_passes_done"] = len(st["passes"])
+        res["etth1_windows"] = int(rows.size // C)
+        res["etth1_series"] = int(rows.size)
+        res["etth1_mse_h96"], res["etth1_mae_h96"] = m["mse"], m["mae"]
+        res["etth1_median_mse_h96"], res["etth1_median_mae_h96"] = m["median_mse"], mae(np.median(smp, 1), fut)
+        res["etth1_crps_h96"], res["etth1_coverage90_h96"] = m["crps"], m["coverage90"]
+        res["gpd_forecast_seconds"] = t_fc
+        res["gpd_forecast_seconds_per_1000_windows"] = t_fc / rows.size * 1000
+        log(f"  ours in-domain: MSE {m['mse']:.4f} MAE {m['mae']:.4f} on {rows.size} series "
+            f"({t_fc:.1f}s, {res['gpd_forecast_seconds_per_1000_windows']:.2f}s per 1000)")
+
+    if not stage("gpd_in_domain", st_in_domain, "etth1_mse_h96", "etth1_mae_h96"):
+        st.setdefault("passes", list(range(s["passes"])))  # score the baselines on every window
+    rows = rows_of(st["passes"])
+    hist, fut = hist_all[rows], fut_all[rows]
+    res["etth1_windows"], res["etth1_series"] = int(rows.size // C), int(rows.size)
+
+    def st_naive():
+        rl = np.repeat(hist[:, -1:], H, 1)
+        res["repeat_last_mse_h96"], res["repeat_last_mae_h96"] = mse(rl, fut), mae(rl, fut)
+        from gluonts.model.seasonal_naive import SeasonalNaivePredictor
+
+        sn = SeasonalNaivePredictor(prediction_length=H, season_length=24)
+        snf = np.stack([f.samples[0] for f in sn.predict(_entries(hist))])
+        res["seasonal_naive_mse_h96"], res["seasonal_naive_mae_h96"] = mse(snf, fut), mae(snf, fut)
+
+    stage("etth1_naive", st_naive, "seasonal_naive_mse_h96")
+
+    # ---- GPD zero-shot (M4 + ILI): train, scale on M4 training tails, ETTh1 and M4 test
+    def st_zero_shot():
+        m_zs, cfg_zs = gpd_train("gpd_zeroshot", ("m4_hourly", "ili"), False, s["share_gpd_zs"])
+        st["m_zs"] = m_zs
+        t0 = time.perf_counter()
+        g_zs, res["m4h_val_mase_by_scale"] = select_scale_m4(m_zs, cfg_zs, m4_train, H4, s, log, "M4+ILI model")
+        res["m4h_val_seconds"] = time.perf_counter() - t0
+        cfg_zs = apply_overrides(cfg_zs, {"forecast.guidance_scale": g_zs})
+        st["cfg_zs"] = cfg_zs
+        res["guidance_scale_m4_ili_model"] = g_zs
+        dump()
+        done, t_fc = forecast_passes(m_zs, cfg_zs, st["passes"], "ours zero-shot", lambda k, per: 0.25 * budget)
+        got = sorted(done)
+        smp = np.concatenate([done[j] for j in got])
+        r = rows_of(got)
+        mz = forecast_metrics(smp, fut_all[r])
+        res["etth1_zeroshot_mse_h96"], res["etth1_zeroshot_mae_h96"] = mz["mse"], mz["mae"]
+        res["etth1_zeroshot_median_mse_h96"] = mz["median_mse"]
+        res["etth1_zeroshot_windows"] = int(r.size // C)
+        res["gpd_zeroshot_forecast_seconds"] = t_fc
+        log(f"  ours zero-shot: ETTh1 MSE {mz['mse']:.4f} MAE {mz['mae']:.4f} on {r.size} series ({t_fc:.1f}s)")
+
+    stage("gpd_zero_shot", st_zero_shot, "etth1_zeroshot_mse_h96")
+
+    from gluonts.evaluation import Evaluator, make_evaluation_predictions
+
+    ev = Evaluator(quantiles=[round(0.1 * i, 1) for i in range(1, 10)], num_workers=0)
+
+    def m4_eval(predictor, n):
+        _sync(device)
+        t0 = time.perf_counter()
+        fi, ti = make_evaluation_predictions(m4_test, predictor=predictor, num_samples=n)
+        agg, _ = ev(ti, fi, num_series=len(m4_test))
+        _sync(device)
+        return agg, time.perf_counter() - t0
+
+    def st_m4_ours():
+        if "m_zs" not in st:
+            raise RuntimeError("no zero-shot model (its stage failed)")
+        gp = GPDPredictor(st["m_zs"], H4, forecast=st["cfg_zs"].forecast, seed=0)
+        agg, t_m4 = m4_eval(gp, s["m4_samples"])
+        res["m4h_crps"], res["m4h_mase"], res["m4h_forecast_seconds"] = agg["mean_wQuantileLoss"], agg["MASE"], t_m4
+        log(f"  ours (M4+ILI model) on M4h: CRPS {agg['mean_wQuantileLoss']:.4f} MASE {agg['MASE']:.3f} ({t_m4:.1f}s)")
+
+    stage("m4_ours", st_m4_ours, "m4h_crps", "m4h_mase")
+
+    def st_m4_naive():
+        from gluonts.model.seasonal_naive import SeasonalNaivePredictor
+
+        agg, _ = m4_eval(SeasonalNaivePredictor(prediction_length=H4, season_length=24), 1)
+        res["m4h_crps_seasonal_naive"], res["m4h_mase_seasonal_naive"] = agg["mean_wQuantileLoss"], agg["MASE"]
+
+    stage("m4_seasonal_naive", st_m4_naive, "m4h_crps_seasonal_naive", "m4h_mase_seasonal_naive")
+
+    def lightning_kwargs(epochs, share, reserve, key):
+        secs = max(1.0, min(share * budget, left() - reserve * budget))
+        from datetime import timedelta
+
+        import lightning.pytorch as pl
+
+        class Steps(pl.Callback):  # records the optimizer steps lightning actually did
+            def on_train_end(self, trainer, pl_module):
+                res[f"{key}_train_steps"], res[f"{key}_train_epochs"] = int(trainer.global_step), int(trainer.current_epoch)
+
+        kw = _trainer_kwargs(epochs, device)
+        kw["max_time"] = timedelta(seconds=secs)
+        kw["callbacks"] = [Steps()]
+        return kw, secs
+
+    def st_dlinear():
+        from gluonts.torch.model.d_linear import DLinearEstimator
+
+        kw, secs = lightning_kwargs(s["dlinear_epochs"], s["share_dlinear"], 0.14, "dlinear")
+        t0 = time.perf_counter()
+        dl = DLinearEstimator(prediction_length=H, context_length=L, batch_size=s["dlinear_batch"],
+                              num_batches_per_epoch=s["dlinear_batches"], trainer_kwargs=kw)
+        dlp = dl.train(ett.gluonts("train"))
+        _sync(device)
+        res["dlinear_train_seconds"], res["dlinear_train_max_seconds"] = time.perf_counter() - t0, secs
+        t0 = time.perf_counter()
+        dlf = np.stack([f.mean for f in dlp.predict(_entries(hist), num_samples=100)])
+        res["dlinear_forecast_seconds"] = time.perf_counter() - t0
+        res["dlinear_mse_h96"], res["dlinear_mae_h96"] = mse(dlf, fut), mae(dlf, fut)
+        log(f"  DLinear: MSE {res['dlinear_mse_h96']:.4f} ({res['dlinear_train_seconds']:.1f}s train, "
+            f"{res['dlinear_forecast_seconds']:.1f}s forecast)")
+
+    stage("dlinear", st_dlinear, "dlinear_mse_h96")
+
+    def st_deepar():
+        from gluonts.torch.model.deepar import DeepAREstimator
+
+        kw, secs = lightning_kwargs(s["deepar_epochs"], s["share_deepar"], 0.05, "deepar")
+        t0 = time.perf_counter()
+        da = DeepAREstimator(prediction_length=H4, freq="h", batch_size=s["deepar_batch"],
+                             num_batches_per_epoch=s["deepar_batches"], trainer_kwargs=kw)
+        dap = da.train(m4_train)
+        _sync(device)
+        res["deepar_train_seconds"], res["deepar_train_max_seconds"] = time.perf_counter() - t0, secs
+        agg, t_fc = m4_eval(dap, 100)
+        res["m4h_crps_deepar"], res["m4h_mase_deepar"], res["deepar_forecast_seconds"] = \
+            agg["mean_wQuantileLoss"], agg["MASE"], t_fc
+        log(f"  DeepAR: CRPS {agg['mean_wQuantileLoss']:.4f} MASE {agg['MASE']:.3f} "
+            f"({res['deepar_train_seconds']:.1f}s train, budget {secs:.0f}s)")
+
+    stage("deepar", st_deepar, "m4h_crps_deepar")
+
+    def st_cpu_timing():
+        """Seconds per 1000 series-windows of the same in-domain model and settings on this
+        machine's CPU (a few windows; skipped when the clock is short)."""
+        if "m_in" not in st:
+            raise RuntimeError("no in-domain model")
+        n = s["cpu_timing_windows"] * C
+        if device == "cpu":
+            res["gpd_forecast_seconds_per_1000_windows_cpu"] = res.get("gpd_forecast_seconds_per_1000_windows")
+            return
+        if left() < 0.06 * budget:
+            raise RuntimeError(f"skipped: only {left():.0f}s left before the planned end")
+        import copy
+
+        m_cpu = copy.deepcopy(st["m_in"]).cpu()
+        _, t = fc_timed(m_cpu, st["cfg_in"], hist_all[:n], H, 0)
+        res["gpd_forecast_seconds_per_1000_windows_cpu"] = t / n * 1000
+        res["gpd_forecast_cpu_threads"] = torch.get_num_threads()
+        log(f"  CPU timing: {n} series in {t:.1f}s -> {t / n * 1000:.1f}s per 1000 ({torch.get_num_threads()} threads)")
+
+    stage("cpu_timing", st_cpu_timing, "gpd_forecast_seconds_per_1000_windows_cpu")
+
+    def goal(k1, k2, fn):
+        v1, v2 = res.get(k1), res.get(k2)
+        return bool(fn(v1, v2)) if isinstance(v1, float) and isinstance(v2, float) else None
+
+    res["goals"] = {
+        "in_domain_below_dlinear": goal("etth1_mse_h96", "dlinear_mse_h96", lambda a_, b_: a_ < b_),
+        "zeroshot_within_10pct_of_dlinear": goal("etth1_zeroshot_mse_h96", "dlinear_mse_h96",
+                                                 lambda a_, b_: a_ <= 1.1 * b_),
+        "m4h_crps_at_or_below_deepar": goal("m4h_crps", "m4h_crps_deepar", lambda a_, b_: a_ <= b_),
+        "m4h_mase_at_or_below_seasonal_naive": goal("m4h_mase", "m4h_mase_seasonal_naive", lambda a_, b_: a_ <= b_),
+        **GOALS,
+    }
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    res["cpu_seconds"] = ru.ru_utime + ru.ru_stime
+    dump()
+
+    def f(k, d=4):
+        v = res.get(k)
+        return f"{v:.{d}f}" if isinstance(v, float) else ("" if v is None else str(v)[:40])
+
+    print("\n| method | ETTh1 MSE H96 | ETTh1 MAE H96 | M4h CRPS | M4h MASE |")
+    print("|---|---|---|---|---|")
+    print(f"| repeat last value | {f('repeat_last_mse_h96')} | {f('repeat_last_mae_h96')} | | |")
+    print(f"| gluonts SeasonalNaive(24) | {f('seasonal_naive_mse_h96')} | {f('seasonal_naive_mae_h96')} | "
+          f"{f('m4h_crps_seasonal_naive')} | {f('m4h_mase_seasonal_naive', 3)} |")
+    print(f"| ours GPD in-domain | {f('etth1_mse_h96')} | {f('etth1_mae_h96')} | | |")
+    print(f"| gluonts DLinear (in-domain) | {f('dlinear_mse_h96')} | {f('dlinear_mae_h96')} | | |")
+    print(f"| ours GPD zero-shot (M4+ILI) | {f('etth1_zeroshot_mse_h96')} | {f('etth1_zeroshot_mae_h96')} | "
+          f"{f('m4h_crps')} | {f('m4h_mase', 3)} |")
+    print(f"| gluonts DeepAR, M4h | | | {f('m4h_crps_deepar')} | {f('m4h_mase_deepar', 3)} |")
+    print(f"\nETTh1: {res.get('etth1_windows')} of {W} test windows x {C} channels; device {res['device']}; "
+          f"wall {res['wall_seconds']:.1f}s of budget {budget:.0f}s; peak GPU memory "
+          f"{res.get('peak_gpu_memory_gib', 0):.2f} GiB; errors: {res.get('errors', {})}")
+    print("goals:", json.dumps(res["goals"]), flush=True)
     return 0
 
 

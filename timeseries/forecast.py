@@ -83,18 +83,35 @@ def series_generators(generator, n: int, keys=None, device="cpu") -> list[torch.
 class _SeriesNoise:
     """Noise function ``fn(shape, dtype, device)`` for a batch of whole series (``S`` consecutive
     rows each): series ``i``'s rows come from its own generator, so they do not depend on the
-    rest of the batch."""
+    rest of the batch.
 
-    def __init__(self, gens: list[torch.Generator], rows_per_series: int):
-        self.gens, self.S = gens, rows_per_series
+    ``block`` > 1: each generator draws ``block`` calls' worth of noise at once (one draw per
+    series per ``block`` calls instead of one per call; on a GPU the per-call loop over series
+    costs more than the sampling itself). The values may differ from ``block = 1`` (a CUDA
+    generator fills one long block differently from several short ones) but are still a function
+    of the series' generator and the call sequence only."""
+
+    def __init__(self, gens: list[torch.Generator], rows_per_series: int, block: int = 1):
+        self.gens, self.S, self.block = gens, rows_per_series, max(1, int(block))
+        self._buf, self._next = None, 0
 
     def __call__(self, shape, dtype, device):
         shape = tuple(shape)
         if shape[0] != len(self.gens) * self.S:
             raise ValueError(f"noise for {shape[0]} rows requested; the batch has {len(self.gens)} series "
                              f"x {self.S} samples")
-        return torch.cat([torch.randn((self.S,) + shape[1:], generator=g, dtype=dtype, device=g.device)
-                          for g in self.gens]).to(device)
+        if self.block == 1:
+            return torch.cat([torch.randn((self.S,) + shape[1:], generator=g, dtype=dtype, device=g.device)
+                              for g in self.gens]).to(device)
+        buf = self._buf
+        if buf is None or self._next >= buf.shape[0] or buf.shape[3:] != shape[1:] or buf.dtype != dtype:
+            # [block, series, S, *shape[1:]]: series i's block is one draw from its generator
+            buf = self._buf = torch.stack([torch.randn((self.block, self.S) + shape[1:], generator=g, dtype=dtype,
+                                                       device=g.device) for g in self.gens], 1).to(device)
+            self._next = 0
+        z = buf[self._next].reshape(shape)
+        self._next += 1
+        return z
 
 
 def _history_matrix(history, L: int, where: str) -> np.ndarray:
@@ -133,7 +150,7 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
              guidance_scale: float = 1.0, resample: int = 2, quantiles: Sequence[float] = (0.5,),
              guidance_min_alpha: float = 0.0, weighting: str = "noise", obs_var: float = 0.01,
              replace: bool = False, generator=None, batch_size: int = 4096,
-             keys: Sequence | None = None, progress: bool = False) -> np.ndarray:
+             keys: Sequence | None = None, progress: bool = False, noise_block: int = 1) -> np.ndarray:
     """Sample ``num_samples`` future paths for every series.
 
     Args:
@@ -161,6 +178,11 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
             at least one series).
         keys: ``N`` per-series keys for the seeds (default: the index); a series' forecast
             depends only on the seed, its key and its own history, never on the batch.
+        noise_block: noise calls drawn at once by each series' generator (1: one draw per call,
+            the reference stream; 0: a whole sampling run's worth, ``steps + 1`` calls). Larger
+            blocks make one draw per series per block instead of one per step (much faster on a
+            GPU); the samples may differ from ``noise_block = 1`` (they do on CUDA) but are equally
+            distributed and still independent of the batch.
     Returns:
         ``[N, num_samples, horizon]`` float32 in the series' own units.
     """
@@ -181,7 +203,6 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
     N, S = hist.shape[0], num_samples
     gens = series_generators(generator, N, keys, device)
     per_batch = max(1, batch_size // S)  # whole series per sampling batch
-    tail = np.repeat(hist, S, axis=0)  # [R, L], R = N * S rows (series-major)
     chunks = chunk_lengths(horizon, L - P)
     out = np.empty((N * S, horizon), dtype=np.float32)
     pos = 0
@@ -190,19 +211,27 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(chunks) * -(-N // per_batch), desc=f"forecast ({method})", leave=False)
-    for h in chunks:
-        ctx = tail[:, h:]  # last L - h values: [R, L - h]
+    # Rows are series-major (series i owns rows i*S .. i*S+S-1). In the first chunk every sample
+    # of a series has the same context, so the context is normalised once per series and
+    # repeated per sample on the device (the same values as normalising every row: the host
+    # work no longer grows with num_samples). Later chunks continue each sample path separately.
+    tail = None  # [R, L] per-row history, built after the first chunk
+    for ci, h in enumerate(chunks):
+        rep = S if tail is None else 1  # rows per context row in this chunk
+        ctx = (hist if tail is None else tail)[:, h:]  # last L - h values: [N or R, L - h]
         mean, std = _normalise(ctx, P)
         z = (ctx - mean) / std
-        known = np.concatenate([np.nan_to_num(z, nan=0.0), np.zeros((z.shape[0], h))], 1)  # [R, L]
+        known = np.concatenate([np.nan_to_num(z, nan=0.0), np.zeros((z.shape[0], h))], 1)  # [., L]
         mask = np.concatenate([np.isfinite(z), np.zeros((z.shape[0], h), dtype=bool)], 1)
-        gen_z = np.empty((z.shape[0], h), dtype=np.float64)
+        gen_z = np.empty((N * S, h), dtype=np.float64)
         for i0 in range(0, N, per_batch):
             i1 = min(i0 + per_batch, N)
             a, b = i0 * S, i1 * S
-            gen = _SeriesNoise(gens[i0:i1], S)
-            k = torch.as_tensor(known[a:b], dtype=torch.float32, device=device)
-            m = torch.as_tensor(mask[a:b], device=device)
+            gen = _SeriesNoise(gens[i0:i1], S, block=noise_block if noise_block > 0 else g.numel())
+            k = torch.as_tensor(known[a // rep:b // rep], dtype=torch.float32).to(device)
+            m = torch.as_tensor(mask[a // rep:b // rep]).to(device)
+            if rep > 1:
+                k, m = k.repeat_interleave(rep, 0), m.repeat_interleave(rep, 0)
             x_T = prior((b - a, L), process=model.process, t=float(g[0]), space=model.space, generator=gen,
                         device=device)
             x = _sample_one(model, x_T, g, solver, method, k, m, gen, guidance_scale, resample, quantiles,
@@ -210,10 +239,14 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
             gen_z[a:b] = x[:, L - h:].double().cpu().numpy()
             if bar is not None:
                 bar.update(1)
+        if rep > 1:
+            mean, std = np.repeat(mean, rep, axis=0), np.repeat(std, rep, axis=0)
         vals = gen_z * std + mean  # [R, h]
         out[:, pos:pos + h] = vals
         pos += h
-        tail = np.concatenate([tail, vals], 1)[:, -L:]
+        if ci + 1 < len(chunks):
+            prev = np.repeat(hist, S, axis=0) if tail is None else tail
+            tail = np.concatenate([prev, vals], 1)[:, -L:]
     if bar is not None:
         bar.close()
     if not np.isfinite(out).all():
