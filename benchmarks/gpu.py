@@ -2,6 +2,7 @@
 """GPU benchmark: each domain's ``gpu`` preset for a fixed short training budget.
 
     python benchmarks/gpu.py [--budget 50] [--n 256] [--domains all] [--json bench_out/gpu.json]
+                             [--set medical:data.n_train=200 ...]
 
 Per domain: trains for ``--budget`` seconds (stopped through ``Trainer.request_stop``), then
 samples ``--n`` items with DPM-Solver++(2M), 20 steps, uniform grid, and evaluates them. Prints
@@ -24,7 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def bench_domain(name: str, *, preset: str, budget: float, n: int, device, log) -> dict:
+def bench_domain(name: str, *, preset: str, budget: float, n: int, device, log, overrides=()) -> dict:
     import torch
 
     from shared import grid as grids
@@ -34,7 +35,8 @@ def bench_domain(name: str, *, preset: str, budget: float, n: int, device, log) 
     from shared.training import Trainer
 
     task = get_task(name)
-    cfg = apply_overrides(task.config(preset), [f"train.device={device.type}", "train.checkpoint_every=0"])
+    cfg = apply_overrides(task.config(preset), [f"train.device={device.type}", "train.checkpoint_every=0",
+                                                *overrides])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t_load = time.perf_counter()
@@ -97,6 +99,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=256, help="samples for the sampling throughput / metric")
     p.add_argument("--domains", default="all")
     p.add_argument("--json", default=None)
+    p.add_argument("--set", action="append", default=[], metavar="DOMAIN:KEY=VALUE",
+                   help="config override for one domain's preset, e.g. medical:data.n_train=200 (repeatable)")
     p.add_argument("--cpu-smoke", action="store_true", help="run on CPU with tiny presets (checks the script)")
     args = p.parse_args(argv)
 
@@ -116,6 +120,12 @@ def main(argv=None) -> int:
         torch.backends.cudnn.allow_tf32 = True
         print(f"device: {torch.cuda.get_device_name(device)}")
 
+    overrides: dict[str, list[str]] = {}
+    for item in args.set:
+        dom, sep, kv = item.partition(":")
+        if not sep or "=" not in kv:
+            p.error(f"--set {item!r}: expected DOMAIN:KEY=VALUE")
+        overrides.setdefault(dom, []).append(kv)
     statuses = available_domains()
     names = sorted(statuses) if args.domains == "all" else args.domains.split(",")
     results, t_all = [], time.perf_counter()
@@ -125,7 +135,8 @@ def main(argv=None) -> int:
             print(f"{name}: skipped ({st.describe() if st else 'unknown domain'})")
             continue
         try:
-            r = bench_domain(name, preset=preset, budget=budget, n=n, device=device, log=print)
+            r = bench_domain(name, preset=preset, budget=budget, n=n, device=device, log=print,
+                             overrides=overrides.get(name, ()))
         except Exception as e:  # one domain failing must not hide the others' numbers
             print(f"{name}: FAILED: {type(e).__name__}: {e}")
             results.append({"domain": name, "error": f"{type(e).__name__}: {e}"})

@@ -2,6 +2,12 @@
 and diffusers' own scheduler loop on the same trained UNet.
 
     python benchmarks/imaging.py [--quick] [--preset default|gpu] --json PATH [--out DIR] [--threads 1]
+    python benchmarks/imaging.py --preset gpu --budget 100 --json PATH      # on a CUDA machine
+
+``--preset gpu`` trains the ``gpu`` preset's models (16M-parameter UNets, bf16, batch 256) for a
+fixed wall-clock budget (``--budget`` seconds for the whole run: autoencoder 10 %, latent UNet 30 %,
+pixel UNet 20 % through ``train.max_seconds``; the rest is sampling and evaluation) and records
+the steps each model reached and the peak GPU memory.
 
 The latent model (AutoencoderKL 32x32x1 -> 8x8x4 + a class-conditional UNet, ``latent`` preset) is
 the main model on the CPU: every latent training step costs ~1/5 of a pixel step, so at a 30-minute
@@ -57,7 +63,7 @@ def settings(quick: bool, preset: str) -> dict:
                     n_pixel=20, scales=[1.0, 3.0], nfes=[10], fd_steps=10)
     if preset == "gpu":
         return dict(pixel_steps=None, latent_steps=None, vae_steps=None, batch=None, n_eval=2000, n_scan=500,
-                    n_nfe=2000, n_pixel=2000, scales=[1.0, 1.5, 2.0, 3.0, 4.0, 6.0], nfes=[5, 10, 20, 50],
+                    n_nfe=1000, n_pixel=2000, scales=[1.0, 2.0, 3.0, 4.0, 6.0], nfes=[5, 10, 20],
                     fd_steps=20)
     return dict(pixel_steps=150, latent_steps=2500, vae_steps=300, batch=64, n_eval=1000, n_scan=200, n_nfe=500,
                 n_pixel=100, scales=[1.0, 2.0, 3.0, 4.0, 6.0], nfes=[5, 10, 20], fd_steps=20)
@@ -100,6 +106,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="/tmp/imaging_bench", help="folder for PNG grids and the trained models")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--budget", type=float, default=None,
+                    help="wall-clock seconds for the whole run (gpu preset: default 100): the trainings get "
+                         "fixed shares of it through train.max_seconds")
     ap.add_argument("--parts", default="latent,pixel", help="comma list of latent, pixel")
     ap.add_argument("--pixel-steps", type=int, default=None, help="override the pixel UNet's training steps")
     ap.add_argument("--latent-steps", type=int, default=None, help="override the latent UNet's training steps")
@@ -120,6 +129,14 @@ def main(argv=None) -> int:
         ap.error("--parts takes pixel and/or latent")
     if a.threads > 0:
         torch.set_num_threads(a.threads)
+    if a.preset == "gpu" and not a.quick and a.budget is None:
+        a.budget = 100.0
+    if a.budget is not None and a.budget <= 0:
+        ap.error(f"--budget must be > 0 seconds, got {a.budget}")
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.cuda.reset_peak_memory_stats()
     t_start = time.perf_counter()
 
     from imaging.metrics import classifier_info, image_metrics
@@ -168,9 +185,23 @@ def main(argv=None) -> int:
     if "pixel" in parts:
         pixel_part(ctx, scale, base, apply_overrides)
     res["wall_s"] = time.perf_counter() - t_start
+    if torch.cuda.is_available():
+        res["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    res["budget_s"] = a.budget
     write_json(out_json, res)
     print_table(res)
     return 0
+
+
+def _budgeted(cfg, budget, *, unet: float, vae: float = 0.0):
+    """``cfg`` with ``train.max_seconds`` (and ``vae_train.max_seconds``) set to their share of
+    the run's wall-clock budget (unchanged without a budget)."""
+    if budget is None:
+        return cfg
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_seconds=unet * budget))
+    if vae:
+        cfg = dataclasses.replace(cfg, vae_train=dataclasses.replace(cfg.vae_train, max_seconds=vae * budget))
+    return cfg
 
 
 def _train(ctx, cfg, tag, init=None):
@@ -196,9 +227,15 @@ def _train(ctx, cfg, tag, init=None):
         model.eval()
     else:
         model = task.train(cfg, model, ctx["data"], tr)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    print(f"[{tag}] trained {cfg.train.steps} steps in {dt:.1f}s", flush=True)
-    return model, dt, cfg.train.steps * cfg.train.batch_size
+    steps = tr.step  # fewer than cfg.train.steps when a time budget stopped it
+    res[f"{tag}_train_steps_done"] = steps
+    if getattr(model, "autoencoder_train_steps", None) is not None:
+        res[f"{tag}_autoencoder_steps_done"] = model.autoencoder_train_steps
+    print(f"[{tag}] trained {steps} steps in {dt:.1f}s", flush=True)
+    return model, dt, steps * cfg.train.batch_size
 
 
 def _gen(ctx, model, solver, grid, scale, n, *, val=False, interval=None, rescale=0.0):
@@ -224,7 +261,7 @@ def latent_part(ctx, scale):
     a, st, res, task, data, ref = ctx["a"], ctx["st"], ctx["res"], ctx["task"], ctx["data"], ctx["ref"]
     out_json, out_dir = ctx["out_json"], ctx["out_dir"]
     if a.preset == "gpu" and not a.quick:
-        lat_cfg = dataclasses.replace(task.config("gpu"), latent=True)
+        lat_cfg = _budgeted(dataclasses.replace(task.config("gpu"), latent=True), a.budget, vae=0.10, unet=0.30)
     else:
         lat_cfg = apply_overrides(task.config("latent"), {
             "train.steps": st["latent_steps"], "train.batch_size": st["batch"],
@@ -319,11 +356,11 @@ def latent_part(ctx, scale):
         for s0 in range(0, n, 250):
             y = labels[s0:s0 + 250][: n - s0]
             gens = per_sample_generators(len(y), seeds=ctx["seeds"][s0:s0 + len(y)])
-            x_T = prior((len(y), *model.data_shape), process=proc, generator=gens)
-            den = model.guided(y, scale)
+            x_T = prior((len(y), *model.data_shape), process=proc, generator=gens).to(model.device)
+            den = model.guided(y.to(model.device), scale)
 
             def eps_fn(inp, k, den=den):
-                t = proc.t_of_index(k).to(torch.float32)
+                t = proc.t_of_index(k).to(device=inp.device, dtype=torch.float32)
                 return convert(den(inp, t), "x0", "eps", inp, t, proc)
 
             extra = {"ddim": {"clip_sample": False}, "ddim_clip_sample": {"clip_sample": True},
@@ -355,6 +392,7 @@ def pixel_part(ctx, scale, base, apply_overrides):
     if st["pixel_steps"]:
         base = apply_overrides(base, {"train.steps": st["pixel_steps"], "train.batch_size": st["batch"],
                                       "train.warmup_steps": min(100, st["pixel_steps"] // 10)})
+    base = _budgeted(base, a.budget, unet=0.20)
     model, dt, n_img = _train(ctx, base, "pixel", a.init_pixel)
     task.save(model, base, ctx["out_dir"] / "pixel_model")
     res["train_images_per_s"]["pixel"] = n_img / dt

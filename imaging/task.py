@@ -226,6 +226,7 @@ class ImagingTask:
             return autoencoder_loss(m, x, g, kl_weight=v.kl_weight, recon=v.recon)
 
         tr.fit(vae, loss_fn, data.train)
+        model.autoencoder_train_steps = tr.step  # < vae_train.steps when max_seconds stopped it
         if tr.ema_model is not None:
             vae.load_state_dict(tr.ema_model.state_dict())
         vae.eval()
