@@ -2,6 +2,8 @@
 dental panoramic phantoms, same data, same backbone, same optimiser settings and step budget.
 
     python benchmarks/medical.py [--quick] --json PATH [--threads N]
+    python benchmarks/medical.py --preset gpu --json PATH [--budget 150]      # GPU mode
+    python benchmarks/medical.py --preset gpu --device cpu --smoke --json PATH  # its code path on a CPU
 
 Both methods train on the same phantom training set (with DENTEX-like partial labels) with the
 shared Trainer and the same ``TrainConfig``. The baseline is **one MONAI RetinaNet per label
@@ -18,6 +20,13 @@ Writes ``ap_quadrant``, ``ap_tooth``, ``ap_diagnosis``, ``ap_aggregate``, ``ap50
 ``steps_1`` / ``steps_2`` / ``steps_4`` blocks for 1, 2 and 4 sampling steps, and
 ``input_box_check``: AP / AR of one denoising pass from ground-truth boxes noised to ``t``
 (does the head refine the boxes it is given?). ``setup`` records wall and CPU seconds.
+
+GPU mode (``--preset gpu``, see :func:`main_gpu`): the ``gpu`` preset (512x256 phantoms drawn
+in parallel, wider backbone, batch 16, bf16 autocast) in a fixed wall-clock budget (150 s by
+default, imports included). Ours trains for ``train.max_seconds``; each RetinaNet then trains
+the same number of steps (batch and TrainConfig as ours). The same keys as above, plus
+``device``, ``preset``, ``ours_train_steps`` / ``ours_train_s``, ``retinanet_train_steps`` /
+``retinanet_train_s`` (per level), ``same_steps``, ``peak_gpu_mem_gib``, ``wall_s`` and ``errors``.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+
+_T_START = time.perf_counter()  # the gpu preset's budget counts from here (imports included)
 
 # this file is named like the package: drop its own folder from the import path first
 _here = os.path.dirname(os.path.abspath(__file__))
@@ -97,20 +108,43 @@ def _without_torchvision_matchers() -> None:
     rd.BalancedPositiveNegativeSampler = _Absent
 
 
+def _float_head_retinanet():
+    """MONAI ``RetinaNet`` whose head outputs are cast to float32. ``RetinaNetDetector`` takes
+    the anchors' dtype from the classification maps, so under bf16 autocast the anchors, the
+    ATSS matching, the box coder and the losses would run in bf16 (pixel coordinates of a
+    512-px image rounded by up to 2 px); with this cast they run in float32 while the backbone
+    and heads still run under autocast. In float32 (the CPU default run) it changes nothing."""
+    from monai.apps.detection.networks.retinanet_network import RetinaNet
+
+    class FloatHeadRetinaNet(RetinaNet):
+        def forward(self, images):
+            out = super().forward(images)
+            if isinstance(out, dict):
+                return {k: ([t.float() for t in v] if isinstance(v, (list, tuple)) else v.float())
+                        for k, v in out.items()}
+            return [t.float() for t in out]
+
+    return FloatHeadRetinaNet
+
+
 def build_retinanet(cfg, num_classes: int):
     from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
-    from monai.apps.detection.networks.retinanet_network import RetinaNet
     from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
 
     from medical.backbones import ResNetFPN
 
     m = cfg.model
     fe = ResNetFPN(layers=m.layers, block_inplanes=m.block_inplanes, fpn_channels=m.fpn_channels)
-    # anchor shapes (x, y) for tall tooth-sized boxes at the stride-4 level; x2 per level
-    anchors = AnchorGeneratorWithAnchorShape(feature_map_scales=(1, 2, 4, 8),
-                                             base_anchor_shapes=((8, 20), (12, 28), (16, 36)))
-    net = RetinaNet(spatial_dims=2, num_classes=num_classes, num_anchors=anchors.num_anchors_per_location()[0],
-                    feature_extractor=fe, size_divisible=32)
+    # anchor shapes (x, y) for tall tooth-sized boxes at the stride-4 level of a 256-px-wide
+    # image, scaled with the image width (teeth scale with it); x2 per level
+    shapes = ((8, 20), (12, 28), (16, 36))
+    f = cfg.data.image_size[0] / 256
+    if f != 1:
+        shapes = tuple((int(round(a * f)), int(round(b * f))) for a, b in shapes)
+    anchors = AnchorGeneratorWithAnchorShape(feature_map_scales=(1, 2, 4, 8), base_anchor_shapes=shapes)
+    net = _float_head_retinanet()(spatial_dims=2, num_classes=num_classes,
+                                  num_anchors=anchors.num_anchors_per_location()[0],
+                                  feature_extractor=fe, size_divisible=32)
     _without_torchvision_matchers()
     det = RetinaNetDetector(network=net, anchor_generator=anchors)
     det.set_atss_matcher(num_candidates=4, center_in_gt=False)  # MONAI ATSS (no torchvision)
@@ -121,7 +155,9 @@ def build_retinanet(cfg, num_classes: int):
     return det
 
 
-def train_retinanet(cfg, det, items, level: int, out_dir=None):
+def train_retinanet(cfg, det, items, level: int, out_dir=None, info: dict | None = None):
+    """Train one RetinaNet on the images fully annotated at ``level``; ``info`` (a dict, optional)
+    receives the optimizer steps done (``"steps"``)."""
     keep = [it for it in items if len(it["labels"]) and (it["labels"][:, level] >= 0).all()]
 
     def loss_fn(model, batch, generator):
@@ -131,6 +167,8 @@ def train_retinanet(cfg, det, items, level: int, out_dir=None):
 
     trainer = Trainer(cfg.train, out_dir, progress=False)
     trainer.fit(det, loss_fn, keep, collate_fn=collate)
+    if info is not None:
+        info["steps"] = trainer.step
     return trainer.sampling_model, len(keep)
 
 
@@ -139,7 +177,8 @@ def retinanet_predict(dets, images):
     outs = []
     for det in dets:
         det.eval()
-        outs.append(det(images, use_inferer=False))
+        p = next(det.parameters())
+        outs.append(det(images.to(device=p.device, dtype=p.dtype), use_inferer=False))
     return outs  # per level: list over images of {"boxes", "labels", "labels_scores"}
 
 
@@ -177,6 +216,266 @@ def level_scores(pred_per_level, test):
     return out
 
 
+# --------------------------------------------------------------------------- GPU mode
+
+GPU_BUDGET = 150.0  # seconds for the whole --preset gpu run (imports, data, 4 trainings, evaluation)
+SMOKE_BUDGET = 40.0  # --smoke (tiny sizes, CPU)
+SLACK = 0.15  # the run plans to end by (1 - SLACK) * budget
+# Training split. Both detectors' steps are bound by Python / kernel-launch overhead on a GPU,
+# not by arithmetic: counted on a CPU at batch 16 (512x256), a RetinaNet step (MONAI ATSS matching,
+# hard-negative sampling and box coding per image) dispatches ~6,400 ops with ~530 GPU syncs, a
+# step of ours (batched set loss) ~5,000 ops with ~100 syncs. Three RetinaNets at ours' step count
+# then need ~4-4.5x ours' time: ours gets 13 % of the budget, the RetinaNets up to 50 %.
+OURS_SHARE = 0.13  # ours: train.max_seconds = OURS_SHARE * budget
+RETINA_SHARE = 0.50  # the three RetinaNets together: at most this share (each trains ours' step count)
+RETINA_EVAL_RESERVE = 0.08  # kept back for RetinaNet inference and scoring when capping its training
+
+
+def build_gpu_config(smoke: bool, cache_dir: str, device: str, budget: float, steps: int = 0,
+                     n_train: int = 0, n_test: int = 0):
+    """The ``gpu`` preset (medical/configs.py) for a ``budget``-second run: ours trains for
+    ``OURS_SHARE * budget`` seconds (``train.max_seconds``; ``train.steps`` is only an upper
+    bound unless ``steps`` is given). ``smoke``: the same code path on tiny sizes for a CPU."""
+    from medical.configs import gpu as gpu_cfg
+
+    cfg = gpu_cfg()
+    data = replace(cfg.data, cache_dir=cache_dir)
+    model, sample, train = cfg.model, cfg.sample, cfg.train
+    if smoke:
+        data = replace(data, n_train=24, n_test=6, image_size=(256, 128), workers=2)
+        model = replace(model, block_inplanes=(8, 16, 32, 32), fpn_channels=16, d_model=32, num_heads=2,
+                        num_stages=2, num_proposals=24)
+        sample = replace(sample, batch_size=4, num_proposals=48)
+        train = replace(train, batch_size=4, log_every=5, warmup_steps=4)
+    train = replace(train, device=device, max_seconds=OURS_SHARE * budget, steps=steps or 100_000)
+    if n_train or n_test:
+        data = replace(data, n_train=n_train or data.n_train, n_test=n_test or data.n_test)
+    return replace(cfg, data=data, model=model, sample=sample, train=train)
+
+
+def main_gpu(args) -> int:
+    """``--preset gpu``: the whole run fits ``--budget`` seconds (planned to end by
+    ``(1 - SLACK) * budget``). Order: data; ours for ``OURS_SHARE * budget`` seconds; ours
+    scored with 4 and 1 DDIM steps; three RetinaNets, each for ours' step count (capped so that
+    the run stays in budget: then the JSON says how many steps each did); RetinaNet scored;
+    then, if time is left, 2 steps and the input-box check. The JSON is rewritten after every
+    phase, and a failing part leaves its error string under ``errors``."""
+    import platform
+    import traceback
+
+    budget = args.budget or (SMOKE_BUDGET if args.smoke else GPU_BUDGET)
+    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = dev.type == "cuda"
+    deadline = _T_START + budget * (1 - SLACK)
+
+    def left() -> float:
+        return deadline - time.perf_counter()
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    def log(msg: str) -> None:
+        print(f"[medical gpu {time.perf_counter() - _T_START:6.1f}s] {msg}", flush=True)
+
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = ["ap_quadrant", "ap_tooth", "ap_diagnosis", "ap_aggregate", "ap50_quadrant", "ap50_tooth",
+            "ap50_diagnosis", "ap50_aggregate", "ar_aggregate"]
+    out: dict = {"preset": "gpu", "smoke": bool(args.smoke),
+                 "device": torch.cuda.get_device_name(dev) if cuda else (platform.processor() or "cpu"),
+                 "budget_s": budget, "errors": {}}
+
+    def flush() -> None:
+        out["wall_s"] = time.perf_counter() - _T_START
+        if cuda:
+            out["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+        atomic_write_text(path, json.dumps(out, indent=2, default=str) + "\n")
+
+    def fail(key: str, e: BaseException) -> None:
+        out["errors"][key] = f"{type(e).__name__}: {e}"
+        log(f"{key} FAILED: {type(e).__name__}: {e}")
+        traceback.print_exc(file=sys.stdout)
+        sys.stdout.flush()
+        flush()
+
+    # ---- data (phantoms drawn in parallel; identical to serial generation)
+    cache = args.cache or os.path.join(tempfile.gettempdir(), "diffsuite_medical_bench_gpu")
+    cfg = build_gpu_config(args.smoke, cache, dev.type, budget, args.steps, args.n_train, args.n_test)
+    t0 = time.perf_counter()
+    task = MedicalTask()
+    try:
+        data = task.load_data(cfg)
+    except Exception as e:  # noqa: BLE001 - nothing to train on: write the error and stop
+        fail("data", e)
+        return 1
+    test = data.test
+    out["data_s"] = time.perf_counter() - t0
+    log(f"data: {len(data.train)} train / {len(test)} test phantoms {cfg.data.image_size} in {out['data_s']:.1f}s")
+    setup = {"image_size": list(cfg.data.image_size), "n_train": len(data.train), "n_test": len(test),
+             "partial_labels": list(cfg.data.partial), "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
+             "mixed_precision": cfg.train.mixed_precision, "num_proposals": cfg.model.num_proposals,
+             "backbone": {"layers": list(cfg.model.layers), "block_inplanes": list(cfg.model.block_inplanes),
+                          "fpn_channels": cfg.model.fpn_channels},
+             "d_model": cfg.model.d_model, "num_stages": cfg.model.num_stages, "match_k": cfg.loss.match_k,
+             "sample": {k: getattr(cfg.sample, k) for k in (
+                 "renewal", "renewal_threshold", "ensemble", "nms_iou", "num_proposals", "class_topk",
+                 "batch_size")},
+             "solver": "ddim", "grid": "uniform",
+             "budget_rule": "same training steps and batch for ours and each RetinaNet: ours trains for "
+                            "train.max_seconds, each RetinaNet then trains ours' step count (capped by the "
+                            "remaining budget; retinanet_train_steps says what each did)",
+             "retinanet": "one MONAI RetinaNetDetector per level (ATSS matcher, hard-negative sampler), same "
+                          "ResNet-FPN and TrainConfig, trained on images annotated at its level; backbone and "
+                          "heads under the same bf16 autocast as ours, anchors / matching / box coder / losses "
+                          "in float32 (head outputs cast); inference of both in float32 (TF32 matmuls on CUDA)",
+             "ours_max_seconds": cfg.train.max_seconds, "data_workers": cfg.data.workers,
+             "threads": torch.get_num_threads()}
+    out["setup"] = setup
+    flush()
+
+    # ---- ours: time-bound training
+    model, ours_steps = None, 0
+    try:
+        model = task.build(cfg)
+        trainer = Trainer(cfg.train, None, progress=False)
+        sync()
+        t0 = time.perf_counter()
+        model = task.train(cfg, model, data, trainer)
+        sync()
+        out["ours_train_s"] = time.perf_counter() - t0
+        ours_steps = out["ours_train_steps"] = trainer.step
+        log(f"ours: {ours_steps} steps x batch {cfg.train.batch_size} in {out['ours_train_s']:.1f}s "
+            f"(loss {trainer.history[-1]['loss_avg'] if trainer.history else float('nan'):.3f})")
+    except Exception as e:  # noqa: BLE001 - record and go on with the baseline
+        model = None
+        fail("ours_train", e)
+    flush()
+
+    res: dict = {}
+    ddim = solvers.make("ddim")
+
+    def score_ours(steps: int) -> None:
+        g = G.make("uniform", steps, process=model.process)
+        sync()
+        t0 = time.perf_counter()
+        s = task.generate(model, len(test), solver=ddim, grid=g, generator=torch.Generator().manual_seed(args.seed),
+                          data=data)
+        sync()
+        sec = (time.perf_counter() - t0) / len(test)
+        m = task.evaluate(s, data)
+        m["sec_per_image"] = sec
+        m["eval_s"] = time.perf_counter() - t0
+        res[steps] = m
+        out[f"steps_{steps}"] = {k: m[k] for k in keys + ["sec_per_image"]}
+        if steps == 4:
+            out.update({k: m[k] for k in keys})
+            out["sec_per_image"] = sec
+        log(f"ours DDIM {steps} step(s): AP agg {m['ap_aggregate']:.4f}, AP50 diag {m['ap50_diagnosis']:.4f}, "
+            f"{sec:.4f} s/img ({m['eval_s']:.1f}s with scoring)")
+        flush()
+
+    if model is not None:
+        try:  # warm-up (CUDA kernels, cuBLAS / cuDNN set-up) outside the timings
+            task.generate(model, min(len(test), cfg.sample.batch_size), solver=ddim,
+                          grid=G.make("uniform", 1, process=model.process), generator=torch.Generator().manual_seed(1),
+                          data=data)
+            sync()
+        except Exception as e:  # noqa: BLE001
+            fail("ours_warmup", e)
+        for steps in (4, 1):
+            try:
+                score_ours(steps)
+            except Exception as e:  # noqa: BLE001
+                fail(f"ours_steps_{steps}", e)
+
+    # ---- RetinaNet, one per level, ours' step count each (capped by the budget)
+    dets, ret_steps, ret_s, n_imgs = [], [], [], []
+    cap_total = max(3.0, min(RETINA_SHARE * budget, left() - RETINA_EVAL_RESERVE * budget))
+    out["retinanet_train_cap_s"] = cap_total
+    r_steps = ours_steps or cfg.train.steps
+    t_r0 = time.perf_counter()
+    for k, lv in enumerate(LEVELS):
+        try:
+            cap = max(1.0, (cap_total - (time.perf_counter() - t_r0)) / (3 - k))
+            rcfg = replace(cfg, train=replace(cfg.train, steps=r_steps, max_seconds=cap))
+            torch.manual_seed(cfg.train.seed)
+            det = build_retinanet(rcfg, NUM_CLASSES[lv])
+            info: dict = {}
+            sync()
+            t0 = time.perf_counter()
+            det, n = train_retinanet(rcfg, det, data.train.items, k, info=info)
+            sync()
+            ret_s.append(time.perf_counter() - t0)
+            ret_steps.append(info["steps"])
+            dets.append(det)
+            n_imgs.append(n)
+            log(f"RetinaNet {lv}: {info['steps']} / {r_steps} steps in {ret_s[-1]:.1f}s (cap {cap:.1f}s), {n} images")
+        except Exception as e:  # noqa: BLE001
+            fail(f"retinanet_train_{lv}", e)
+            break
+        finally:
+            out["retinanet_train_steps"], out["retinanet_train_s"] = ret_steps, ret_s
+            setup["retinanet_train_images_per_level"] = n_imgs
+            flush()
+    out["same_steps"] = bool(ours_steps) and len(ret_steps) == 3 and all(s == ours_steps for s in ret_steps)
+
+    if len(dets) == 3:
+        try:
+            images = torch.stack([it["image"] for it in test]).to(dev)
+            retinanet_predict(dets, images[: min(len(test), 8)])  # warm-up
+            sync()
+            t0 = time.perf_counter()
+            outs = retinanet_predict(dets, images)
+            sync()
+            ret_sec = (time.perf_counter() - t0) / len(test)
+            ret_preds = [[{"boxes": o["boxes"], "labels": o["labels"], "scores": o["labels_scores"]} for o in outs[k]]
+                         for k in range(3)]
+            ret = level_scores(ret_preds, test)
+            out.update({f"retinanet_{k}": ret[k] for k in keys})
+            out["retinanet_sec_per_image"] = ret_sec
+            log(f"RetinaNet: AP agg {ret['ap_aggregate']:.4f}, AP50 diag {ret['ap50_diagnosis']:.4f}, {ret_sec:.4f} s/img")
+        except Exception as e:  # noqa: BLE001
+            fail("retinanet_eval", e)
+        flush()
+
+    # ---- optional extras while time is left (estimated from the 1-step scoring time)
+    if model is not None and 1 in res:
+        est = res[1]["eval_s"]
+        if left() > 2.0 * est:
+            try:
+                score_ours(2)
+            except Exception as e:  # noqa: BLE001
+                fail("ours_steps_2", e)
+        else:
+            out["errors"]["ours_steps_2"] = f"skipped: {left():.1f}s left of the budget"
+        ts = (1.0, 0.9, 0.5, 0.25, 0.1, 0.02)
+        if left() < 1.5 * len(ts) * est:
+            ts = (1.0, 0.5, 0.1)
+        if left() > 1.5 * len(ts) * est:
+            try:
+                t0 = time.perf_counter()
+                out["input_box_check"] = input_box_check(model, test, ts=ts)
+                log(f"input-box check ({len(ts)} noise levels) in {time.perf_counter() - t0:.1f}s")
+            except Exception as e:  # noqa: BLE001
+                fail("input_box_check", e)
+        else:
+            out["errors"]["input_box_check"] = f"skipped: {left():.1f}s left of the budget"
+    setup["total_s"] = time.perf_counter() - _T_START
+    flush()
+    if "ap_aggregate" in out and "retinanet_ap_aggregate" in out:
+        print("| metric | " + " | ".join(f"box diffusion, {n} step(s)" for n in sorted(res)) + " | RetinaNet (MONAI) |")
+        print("|---|" + "---|" * (len(res) + 1))
+        for k in keys + ["sec_per_image"]:
+            print(f"| {k} | " + " | ".join(f"{res[n][k]:.4f}" for n in sorted(res)) + f" | {out[f'retinanet_{k}']:.4f} |")
+    log(f"done: ours {ours_steps} steps, RetinaNet {ret_steps} steps; wall {out['wall_s']:.1f}s of {budget:.0f}s; "
+        f"errors: {sorted(out['errors']) or 'none'}; json: {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small run (< 2 minutes on 2 cores)")
@@ -187,9 +486,19 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=0, help="override the training steps (both methods)")
     p.add_argument("--n-train", type=int, default=0, help="override the number of training phantoms")
     p.add_argument("--n-test", type=int, default=0, help="override the number of test phantoms")
+    p.add_argument("--preset", choices=["default", "gpu"], default="default",
+                   help="gpu: the GPU mode, a fixed wall-clock budget (see --budget)")
+    p.add_argument("--device", default="", help="gpu preset: cuda (default when present) or cpu")
+    p.add_argument("--budget", type=float, default=0.0,
+                   help=f"gpu preset: seconds for the whole run (default {GPU_BUDGET:.0f}, --smoke {SMOKE_BUDGET:.0f})")
+    p.add_argument("--smoke", action="store_true", help="gpu preset on tiny sizes (checks the code path on a CPU)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.preset == "gpu":
+        return main_gpu(args)
+    if args.smoke or args.budget or args.device:
+        p.error("--smoke, --budget and --device go with --preset gpu")
     t_all = time.perf_counter()
     cache = args.cache or os.path.join(tempfile.gettempdir(), "diffsuite_medical_bench")
     cfg = build_config(args.quick, cache, args.steps, args.n_train, args.n_test)

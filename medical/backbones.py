@@ -151,6 +151,10 @@ def roi_sample(feature: Tensor, boxes: Tensor, size: Sequence[int], pool: int) -
     gx = nx[..., :, None].expand(B, N, pool, pool)
     gy = ny[..., None, :].expand(B, N, pool, pool)
     grid = torch.stack([gy, gx], -1).reshape(B, N * pool, pool, 2)
+    if feature.dtype in (torch.float16, torch.bfloat16):
+        # mixed precision: sample in float32 (CUDA autocast runs grid_sample in float32 anyway;
+        # sampling points rounded to bf16 would be off by up to ~1 px on a 512-px image)
+        feature, grid = feature.float(), grid.float()
     out = F.grid_sample(feature, grid.to(feature.dtype), mode="bilinear", padding_mode="zeros",
                         align_corners=False)  # [B, C, N * P, P]
     C = feature.shape[1]

@@ -467,9 +467,24 @@ def _phantom(size: tuple[int, int], rng: np.random.Generator, p_disease: float,
     return np.clip(img, 0, 1), anns
 
 
+def _phantom_job(job: tuple) -> tuple[str, list, int]:
+    """Draw and write phantom ``i`` (seeded by ``(seed, i)`` only); returns its file name,
+    annotations and label depth (1: quadrant only, 2: + tooth, 3: all levels)."""
+    from PIL import Image
+
+    i, seed, W, H, p_disease, p_missing, partial, folder = job
+    rng = np.random.default_rng([seed, i])
+    img, boxes = _phantom((W, H), rng, p_disease, p_missing)
+    fn = f"phantom_{i:05d}.png"
+    Image.fromarray((img * 255).round().astype(np.uint8), mode="L").save(Path(folder) / fn)
+    r = rng.random()
+    lv = 1 if r < partial[0] else 2 if r < partial[0] + partial[1] else 3
+    return fn, boxes, lv
+
+
 def make_phantoms(out_dir: str | os.PathLike, n: int, *, seed: int = 0, size: tuple[int, int] = (256, 128),
                   p_disease: float = 0.12, p_missing: float = 0.06, partial: tuple[float, float] = (0.0, 0.0),
-                  json_name: str = "annotations.json", overwrite: bool = False) -> Path:
+                  json_name: str = "annotations.json", overwrite: bool = False, workers: int = 0) -> Path:
     """Write ``n`` synthetic panoramic X-rays (PNG) and a DENTEX hierarchical JSON.
 
     Each phantom has a dental arch of up to 32 teeth (FDI quadrants 1..4, teeth 1..8) with
@@ -490,6 +505,9 @@ def make_phantoms(out_dir: str | os.PathLike, n: int, *, seed: int = 0, size: tu
         partial: fractions of images whose labels are only quadrant, and only quadrant + tooth
             (the rest fully labelled): DENTEX's partial labels (nulls in the JSON).
         json_name: annotation file name inside ``out_dir``.
+        workers: processes drawing the images (0 or 1: this process; -1: one per CPU core).
+            Image ``i`` is seeded by ``(seed, i)`` alone, so the files are identical to the
+            serial ones whatever the number of workers.
     Returns:
         path of the JSON file. Files are written to a temporary folder and moved into place,
         so a failure leaves nothing behind.
@@ -504,7 +522,6 @@ def make_phantoms(out_dir: str | os.PathLike, n: int, *, seed: int = 0, size: tu
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty (pass overwrite=True)")
-    from PIL import Image
 
     # id orders as in HierarchicalDet's files (ids are not FDI numbers)
     q_names = ["2", "1", "3", "4"]
@@ -517,14 +534,19 @@ def make_phantoms(out_dir: str | os.PathLike, n: int, *, seed: int = 0, size: tu
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         images, anns = [], []
-        for i in range(n):
-            rng = np.random.default_rng([seed, i])
-            img, boxes = _phantom((W, H), rng, p_disease, p_missing)
-            fn = f"phantom_{i:05d}.png"
-            Image.fromarray((img * 255).round().astype(np.uint8), mode="L").save(tmp / fn)
+        jobs = [(i, seed, W, H, p_disease, p_missing, tuple(partial), str(tmp)) for i in range(n)]
+        nw = (os.cpu_count() or 1) if workers < 0 else int(workers)
+        nw = min(nw, n)
+        if nw > 1:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ctx.Pool(nw) as pool:
+                results = pool.map(_phantom_job, jobs, chunksize=max(1, n // (4 * nw)))
+        else:
+            results = [_phantom_job(j) for j in jobs]
+        for i, (fn, boxes, lv) in enumerate(results):
             images.append({"id": i + 1, "file_name": fn, "width": W, "height": H})
-            r = rng.random()
-            lv = 1 if r < partial[0] else 2 if r < partial[0] + partial[1] else 3
             for (x0, y0, x1, y1), q, t, dg in boxes:
                 anns.append({"id": len(anns) + 1, "image_id": i + 1, "iscrowd": 0,
                              "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),

@@ -25,7 +25,7 @@ from . import configs as C
 from .backbones import DiffusionDetNet, boxes_to_signal
 from .data import (DIAGNOSES, NUM_CLASSES, LEVELS, DentexError, flip_horizontal, load_dentex, load_images,
                    make_phantoms)
-from .detection import BoxRenewal, StepEnsemble, noised_boxes, pad_boxes, postprocess, set_loss
+from .detection import BoxRenewal, StepEnsemble, noised_boxes, pad_boxes, postprocess, set_loss, set_loss_batched
 from .metrics import dentex_scores
 
 __all__ = ["MedicalModel", "MedicalTask", "ItemDataset", "collate", "detect", "denoise_from_ground_truth",
@@ -254,9 +254,9 @@ class MedicalTask:
         else:
             tr_dir, ev_dir = _phantom_dirs(d)
             js_tr = _ensure_phantoms(tr_dir, d.n_train, seed=d.seed, size=size, p_disease=d.p_disease,
-                                     partial=tuple(d.partial))
+                                     partial=tuple(d.partial), workers=d.workers)
             js_ev = _ensure_phantoms(ev_dir, d.n_val + d.n_test, seed=d.seed + 1_000_003, size=size,
-                                     p_disease=d.p_disease)
+                                     p_disease=d.p_disease, workers=d.workers)
             tr = load_images(load_dentex(js_tr, tr_dir), size)
             ev = load_images(load_dentex(js_ev, ev_dir), size)
             va, te = ev[: d.n_val], ev[d.n_val:]
@@ -320,6 +320,8 @@ class MedicalTask:
             cond = m.net.encode(images)
             aux: dict = {}
             m.denoiser(xt, t, cond, aux=aux)
+            if getattr(cfg.loss, "batched", False):
+                return set_loss_batched(aux["stages"], boxes, labels, size, cfg.loss)
             return set_loss(aux["stages"], boxes, labels, size, cfg.loss)
 
         return loss_fn
