@@ -285,9 +285,9 @@ def main_gpu(args) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = ["ap_quadrant", "ap_tooth", "ap_diagnosis", "ap_aggregate", "ap50_quadrant", "ap50_tooth",
             "ap50_diagnosis", "ap50_aggregate", "ar_aggregate"]
-    out: dict = {"preset": "gpu", "smoke": bool(args.smoke),
-                 "device": torch.cuda.get_device_name(dev) if cuda else (platform.processor() or "cpu"),
-                 "budget_s": budget, "errors": {}}
+    # the device name is asked after the data: querying it initialises CUDA, and the phantoms
+    # are drawn by forked processes
+    out: dict = {"preset": "gpu", "smoke": bool(args.smoke), "device": dev.type, "budget_s": budget, "errors": {}}
 
     def flush() -> None:
         out["wall_s"] = time.perf_counter() - _T_START
@@ -314,6 +314,7 @@ def main_gpu(args) -> int:
         return 1
     test = data.test
     out["data_s"] = time.perf_counter() - t0
+    out["device"] = torch.cuda.get_device_name(dev) if cuda else (platform.processor() or "cpu")
     log(f"data: {len(data.train)} train / {len(test)} test phantoms {cfg.data.image_size} in {out['data_s']:.1f}s")
     setup = {"image_size": list(cfg.data.image_size), "n_train": len(data.train), "n_test": len(test),
              "partial_labels": list(cfg.data.partial), "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,

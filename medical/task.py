@@ -285,7 +285,7 @@ class MedicalTask:
             images, boxes, labels = batch["image"], list(batch["boxes"]), list(batch["labels"])
             B = images.shape[0]
             if flip_p > 0:
-                flips = torch.rand(B, generator=generator, device=generator.device) < flip_p
+                flips = (torch.rand(B, generator=generator, device=generator.device) < flip_p).tolist()
                 imgs = []
                 for i in range(B):
                     if flips[i]:
