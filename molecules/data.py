@@ -577,6 +577,14 @@ class MoleculeDataset(torch.utils.data.Dataset):
         return {"atoms": self.atoms[i], "bonds": self.bonds[i], "tokens": self.tokens[i],
                 "y": self.y[i], "y_known": self.y_known[i]}
 
+    def batch(self, idx) -> dict[str, Tensor]:
+        """Items ``idx`` stacked in one gather per field: the same dict as collating
+        ``[self[i] for i in idx]``, without the Python loop over items (a GPU step is shorter than
+        that loop at batch 512)."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return {"atoms": self.atoms[idx], "bonds": self.bonds[idx], "tokens": self.tokens[idx],
+                "y": self.y[idx], "y_known": self.y_known[idx]}
+
 
 # --------------------------------------------------------------------------- splits
 

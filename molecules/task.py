@@ -47,10 +47,12 @@ from .metrics import (descriptor_table, distribution_metrics, draw_grid, regress
                       validity_report)
 from .space import MolGraphSpace, decode_dense, encode_dense, pack, unpack
 
-__all__ = ["MoleculesTask", "MoleculeModel", "MoleculeSamples", "PropertyGuidance", "sample_graphs",
+__all__ = ["MoleculesTask", "MoleculeModel", "PARTS", "MoleculeSamples", "PropertyGuidance", "sample_graphs",
            "sample_smiles", "predict_properties"]
 
 K_ATOMS, C_BONDS = len(ATOM_TYPES), len(BOND_ORDERS)
+#: The networks of a :class:`MoleculeModel` (attribute names), in training order.
+PARTS: tuple[str, ...] = ("graph", "predictor", "smiles")
 
 
 # --------------------------------------------------------------------------- model
@@ -127,24 +129,33 @@ class MoleculeModel(nn.Module):
 
     # ---- training loss
 
-    def forward(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
-        """Per-sample training loss ``[B]`` for a batch of :class:`MoleculeDataset` items."""
+    def forward(self, batch: Mapping[str, Tensor], generator: torch.Generator | None = None,
+                parts: Sequence[str] | None = None) -> Tensor:
+        """Per-sample training loss ``[B]`` for a batch of :class:`MoleculeDataset` items: the sum
+        over ``parts`` (a subset of :data:`PARTS`; None = every enabled network)."""
         cfg, g = self.cfg, generator
+        if parts is not None:
+            bad = [p for p in parts if p not in PARTS]
+            if bad:
+                raise ValueError(f"unknown model parts {bad}; choose from {PARTS}")
+        use = set(PARTS if parts is None else parts)
         X, E, nm = encode_dense(batch["atoms"], batch["bonds"], K_ATOMS, C_BONDS)
         x0 = pack(X, E)  # [B, N*K + N*N*C]
         space = self.space_for(nm)
-        loss = diffusion_loss(self.graph, x0, space=space, generator=g, weighting=cfg.graph.weighting,
-                              time_sampler=cfg.graph.time_sampler, self_condition=cfg.graph.self_condition,
-                              node_mask=nm)
         B, dev = x0.shape[0], x0.device
+        loss = torch.zeros(B, device=dev)
+        if "graph" in use:
+            loss = loss + diffusion_loss(self.graph, x0, space=space, generator=g, weighting=cfg.graph.weighting,
+                                         time_sampler=cfg.graph.time_sampler,
+                                         self_condition=cfg.graph.self_condition, node_mask=nm)
         y, known = batch["y"].float(), batch["y_known"].bool()
-        if self.predictor is not None and y.shape[1]:
+        if "predictor" in use and self.predictor is not None and y.shape[1]:
             aug = (torch.rand(B, generator=g, device=dev) < 0.5).float() * \
                 torch.rand(B, generator=g, device=dev) * cfg.predictor.noise_aug
             x_in = x0 + space.bcast(aug, x0) * space.noise(x0, g)
             err = (self.predictor(x_in, node_mask=nm) - y) ** 2 * known
             loss = loss + cfg.predictor.loss_weight * err.sum(1) / known.sum(1).clamp_min(1)
-        if self.smiles is not None:
+        if "smiles" in use and self.smiles is not None:
             seq = 2.0 * nn.functional.one_hot(batch["tokens"], len(SMILES_ALPHABET)).float() - 1.0
             keep_rate = torch.rand(B, 1, generator=g, device=dev)
             subset = torch.rand(y.shape, generator=g, device=dev) < keep_rate
@@ -432,6 +443,28 @@ def _load_splits(data_cfg: C.DataConfig) -> Splits:
     return Splits(sets[0], sets[1], sets[2], extra)
 
 
+class _GatheredBatches:
+    """A :class:`MoleculeDataset` whose ``__getitems__`` gathers the whole batch with one index
+    per field (:meth:`MoleculeDataset.batch`); with the identity collate the trainer gets the same
+    batches as from the dataset itself."""
+
+    def __init__(self, ds: MoleculeDataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return self.ds[i]
+
+    def __getitems__(self, idx) -> dict[str, Tensor]:
+        return self.ds.batch(idx)
+
+
+def _identity(batch):
+    return batch
+
+
 # --------------------------------------------------------------------------- the task
 
 
@@ -464,6 +497,62 @@ class MoleculesTask:
         trainer.fit(model, lambda m, batch, g: m(batch, g), data.train)
         out = trainer.sampling_model
         return out.eval()
+
+    def train_separately(self, cfg: C.MoleculesConfig, model: MoleculeModel, data: Splits,
+                         plan: Mapping[str, Any], *, progress: bool = False, log=None,
+                         on_error: str = "raise") -> tuple[MoleculeModel, dict]:
+        """Fit the networks one after another, each with its own :class:`shared.config.TrainConfig`
+        (``plan``: part name -> TrainConfig, in training order; parts of :data:`PARTS`), e.g. to give
+        each a wall-clock budget (``max_seconds``). Only the part being trained has gradients; with
+        EMA on, that part's EMA weights replace its trained weights when its run ends. Returns the
+        model (eval mode, on the training device) and per part ``{"steps", "seconds",
+        "loss_last"}`` (``{"error": str}`` for a part that raised, with ``on_error="record"``;
+        ``{"skipped": ...}`` for a disabled part)."""
+        import time
+
+        from shared.training import Trainer
+
+        if len(data.train) == 0:
+            raise ValueError("training split is empty")
+        bad = [p for p in plan if p not in PARTS]
+        if bad:
+            raise ValueError(f"unknown model parts {bad}; choose from {PARTS}")
+        if on_error not in ("raise", "record"):
+            raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
+        model.set_data_stats(data.extra["scaler"], data.extra["n_atoms_prob"])
+        info: dict = {}
+        for part, tcfg in plan.items():
+            sub = getattr(model, part)
+            if sub is None:
+                info[part] = {"skipped": "disabled in the config"}
+                continue
+            model.requires_grad_(False)
+            sub.requires_grad_(True)
+            trainer = None
+            t0 = time.perf_counter()
+            try:
+                trainer = Trainer(tcfg, None, progress=progress)
+                trainer.fit(model, lambda m, batch, g, part=part: m(batch, g, parts=(part,)),
+                            _GatheredBatches(data.train), collate_fn=_identity)
+            except Exception as e:  # noqa: BLE001 - recorded for the caller (a benchmark keeps going)
+                if on_error == "raise":
+                    model.requires_grad_(True)
+                    raise
+                info[part] = {"error": f"{type(e).__name__}: {e}", "steps": trainer.step if trainer else 0}
+            else:
+                if trainer.device.type == "cuda":
+                    torch.cuda.synchronize(trainer.device)
+                if trainer.ema_model is not None:
+                    sub.load_state_dict(getattr(trainer.ema_model, part).state_dict())
+                info[part] = {"steps": trainer.step, "seconds": time.perf_counter() - t0,
+                              "loss_last": trainer.history[-1]["loss_avg"] if trainer.history else None}
+            finally:
+                if trainer is not None:
+                    trainer.ema_model = None  # the copy is no longer needed
+            if log is not None:
+                log(f"trained {part}: {info[part]}")
+        model.requires_grad_(True)
+        return model.eval(), info
 
     def generate(self, model: MoleculeModel, n: int, *, solver, grid, guidance=None, generator=None,
                  data: Splits | None = None) -> MoleculeSamples:

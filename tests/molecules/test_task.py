@@ -127,3 +127,80 @@ def test_train_cli(tmp_path):
     assert (out / "final" / "model.safetensors").exists() and (out / "samples.png").exists()
     assert json.loads((out / "eval.json").read_text())["graph"]["n_samples"] == 4.0
     assert "smiles" in res
+
+
+# ---- separate training per network (the GPU benchmark's fixed-time path)
+
+
+def _tiny_train(**kw):
+    from shared.config import TrainConfig
+
+    base = dict(steps=2, batch_size=16, lr=1e-3, ema_decay=0.5, log_every=1, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_gathered_batches_equal_collated_items():
+    from torch.utils.data import default_collate
+
+    from molecules.task import _GatheredBatches
+
+    task = MoleculesTask()
+    data = task.load_data(task.config("tiny"))
+    idx = [5, 3, 100, 3]
+    a = default_collate([data.train[i] for i in idx])
+    b = _GatheredBatches(data.train).__getitems__(idx)
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k])
+
+
+def test_forward_parts():
+    task = MoleculesTask()
+    cfg = task.config("tiny")
+    data = task.load_data(cfg)
+    model = task.build(cfg)
+    model.set_data_stats(data.extra["scaler"], data.extra["n_atoms_prob"])
+    batch = data.train.batch(list(range(6)))
+    for parts in (("graph",), ("predictor",), ("smiles",), ("graph", "smiles")):
+        loss = model(batch, torch.Generator().manual_seed(0), parts=parts)
+        assert loss.shape == (6,) and torch.isfinite(loss).all()
+    # the default (every network) is what training without parts has always computed
+    full = model(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(full, model(batch, torch.Generator().manual_seed(0), parts=("graph", "predictor", "smiles")))
+    with pytest.raises(ValueError, match="unknown model parts"):
+        model(batch, None, parts=("decoder",))
+
+
+def test_train_separately_trains_one_network_at_a_time():
+    import copy
+
+    torch.set_num_threads(1)
+    task = MoleculesTask()
+    cfg = task.config("tiny")
+    data = task.load_data(cfg)
+    model = task.build(cfg)
+    before = copy.deepcopy(model.state_dict())
+    model, info = task.train_separately(cfg, model, data, {"graph": _tiny_train()})
+    assert info["graph"]["steps"] == 2 and info["graph"]["seconds"] > 0
+    after = model.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert "graph" in changed and not changed & {"predictor", "smiles"}
+    assert all(p.requires_grad for p in model.parameters()) and not model.training
+    # a wall-clock budget stops a long run early
+    model, info = task.train_separately(cfg, model, data, {"predictor": _tiny_train(steps=100000, max_seconds=0.5)})
+    assert 1 <= info["predictor"]["steps"] < 100000
+    with pytest.raises(ValueError, match="unknown model parts"):
+        task.train_separately(cfg, model, data, {"decoder": _tiny_train()})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_train_separately_records_errors():
+    task = MoleculesTask()
+    cfg = task.config("tiny")
+    data = task.load_data(cfg)
+    model = task.build(cfg)
+    _, info = task.train_separately(cfg, model, data, {"smiles": _tiny_train(device="cuda"), "graph": _tiny_train()},
+                                    on_error="record")
+    assert "CUDA" in info["smiles"]["error"] and info["graph"]["steps"] == 2
+    with pytest.raises(Exception, match="CUDA"):
+        task.train_separately(cfg, model, data, {"smiles": _tiny_train(device="cuda")})
