@@ -382,6 +382,10 @@ def run_gpu(args) -> dict:
             "des": pool.apply_async(_des_job, (args.seed, 200 if smoke else 3000, 1 if smoke else 2))}
     try:
         _run_gpu_sections(args, res, dev, smoke, budget, left, log, save, section, jobs)
+    except BaseException as e:  # data loading or model building failed: still leave the JSON
+        res.setdefault("errors", {})["fatal"] = f"{type(e).__name__}: {e}"
+        save()
+        raise
     finally:
         pool.terminate()  # a side job that did not finish in time is stopped, not waited for
         pool.join()
