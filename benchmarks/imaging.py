@@ -50,8 +50,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# benchmarks/<domain>.py would shadow the domain packages: the repository root goes first and
+# this folder leaves the import path (it is sys.path[0] when a script here is run directly)
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not in (ROOT, ROOT / "benchmarks")]
 
 SOLVERS = {"ddim": ("ddim", "uniform"), "heun": ("heun", "karras"), "dpmpp_2m": ("dpmpp_2m", "uniform")}
 VAL_SEED_OFFSET = 10_000_000  # validation-batch seeds never overlap the evaluation seeds

@@ -45,6 +45,8 @@ _T_START = time.perf_counter()  # the gpu preset's budget counts from here (impo
 # this file is named like the package: drop its own folder from the import path first
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [q for q in sys.path if os.path.abspath(q or os.getcwd()) != _here]
+if os.path.dirname(_here) not in sys.path:  # the repository root (a checkout without an install)
+    sys.path.insert(0, os.path.dirname(_here))
 sys.modules.pop("medical", None) if getattr(sys.modules.get("medical"), "__file__", "") == __file__ else None
 
 import torch  # noqa: E402
