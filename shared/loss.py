@@ -204,7 +204,7 @@ def diffusion_loss(denoiser: Denoiser, x0: Tensor, *, cond: Any = None, t: Tenso
                    time_sampler: str | LossAwareSampler = "uniform", weighting: str | Callable = "simple",
                    generator=None, noise: Tensor | None = None, space: Space | None = None,
                    self_condition: float = 0.0, min_snr_gamma: float = 5.0,
-                   sampler_kw: dict | None = None, **net_kw) -> Tensor:
+                   sampler_kw: dict | None = None, objective: str = "mse", **net_kw) -> Tensor:
     """Per-sample diffusion loss ``[B]``.
 
     Args:
@@ -218,8 +218,20 @@ def diffusion_loss(denoiser: Denoiser, x0: Tensor, *, cond: Any = None, t: Tenso
         noise: optional fixed noise (else drawn from the space).
         self_condition: probability of self-conditioning (Chen et al. 2022, Analog Bits): the
             network gets ``self_cond=`` a detached first estimate of x0 (zeros otherwise).
+        objective: ``"mse"`` (the prediction's squared error) or ``"ce"``: categorical cross-entropy
+            of an x0 head against one-hot data coded as +-1 (Analog-Bits style ``2 onehot - 1``),
+            with the class probabilities read off the head as ``p = (x0_hat + 1) / 2`` (exact
+            for a ``2 softmax - 1`` head; other heads are clipped into ``(0, 1]``). Elementwise it
+            is ``-(x0 + 1)/2 * log p``, so no class grouping is needed: the space's mean over
+            entries is the mean over positions of ``-log p(true class)``, divided by the number
+            of classes of the position's block. Needs ``prediction="x0"``; the time weighting
+            is applied as for the MSE.
         net_kw: extra keyword arguments for the network (e.g. ``batch=`` for PyG graphs).
     """
+    if objective not in ("mse", "ce"):
+        raise ValueError(f"objective must be 'mse' or 'ce', got {objective!r}")
+    if objective == "ce" and denoiser.prediction != "x0":
+        raise ValueError(f"objective='ce' needs an x0 head (prediction='x0'), got {denoiser.prediction!r}")
     process = denoiser.process
     space = space or denoiser.space
     B = space.batch_size(x0)
@@ -245,7 +257,11 @@ def diffusion_loss(denoiser: Denoiser, x0: Tensor, *, cond: Any = None, t: Tenso
     out = denoiser.raw(x_t, tt, cond, **net_kw)
     target = _target(denoiser.prediction, x0, eps, x_t, t, process, space, denoiser.sigma_data)
     dt = torch.promote_types(out.dtype, torch.float32)  # bf16/fp16 outputs are compared in fp32
-    mse = space.mean((out.to(dt) - target.to(dt)) ** 2)
+    if objective == "ce":
+        p = ((out.to(dt) + 1) / 2).clamp(torch.finfo(dt).tiny, 1.0)
+        mse = space.mean(-(target.to(dt) + 1) / 2 * torch.log(p))
+    else:
+        mse = space.mean((out.to(dt) - target.to(dt)) ** 2)
     w = weight(weighting, t, process, denoiser.prediction, gamma=min_snr_gamma,
                sigma_data=denoiser.sigma_data).to(mse)
     if iw is not None:

@@ -150,6 +150,35 @@ def test_loss_weighting_is_parameterisation_invariant(pred):
     assert torch.allclose(loss, (delta**2).mean(1), rtol=1e-8)
 
 
+def test_categorical_cross_entropy_objective():
+    """objective='ce' on +-1 one-hots with a 2 softmax - 1 head is the mean over positions of
+    -log p(true class), divided by the number of classes (elementwise form over all entries)."""
+    proc = P.CosineVP()
+    g = torch.Generator().manual_seed(0)
+    B, N, K = 4, 6, 5
+    labels = torch.randint(0, K, (B, N), generator=g)
+    x0 = 2.0 * torch.nn.functional.one_hot(labels, K).double() - 1.0
+    logits = torch.randn(B, N, K, generator=g, dtype=torch.float64)
+
+    class Head(torch.nn.Module):  # a fixed simplex x0 head, whatever the input
+        def forward(self, x, t, cond=None):
+            return 2 * torch.softmax(logits, -1) - 1
+
+    den = Denoiser(Head(), proc, "x0")
+    t = torch.full((B,), 0.5, dtype=torch.float64)
+    loss = L.diffusion_loss(den, x0, t=t, weighting="simple", generator=g, objective="ce")
+    nll = -torch.log_softmax(logits, -1).gather(-1, labels[..., None])[..., 0]  # [B, N]
+    w = L.weight("simple", t, proc, "x0")
+    assert torch.allclose(loss, w * nll.mean(1) / K, rtol=1e-12)
+    # a (nearly) one-hot head on the true classes costs (almost) nothing
+    logits = 1e4 * (x0 + 1)
+    assert L.diffusion_loss(den, x0, t=t, weighting="simple", generator=g, objective="ce").abs().max() < 1e-9
+    with pytest.raises(ValueError, match="x0 head"):
+        L.diffusion_loss(Denoiser(Head(), proc, "eps"), x0, t=t, objective="ce")
+    with pytest.raises(ValueError, match="objective"):
+        L.diffusion_loss(den, x0, t=t, objective="l1")
+
+
 def test_time_samplers_and_loss_aware():
     proc = P.EDM()
     g = torch.Generator().manual_seed(0)
