@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Source this on a CUDA machine whose Python has torch but not this project's other packages
 # (and no network), from the repository root:
-#     bash ../shared/device/fetch-wheels.sh     # here, with network: wheels into ./.whl
+#     bash benchmarks/gpu_wheels.sh             # here, with network: pinned wheels into ./.whl
 #     source benchmarks/gpu_setup.sh            # there: installs them into /tmp/site
 # It installs the carried wheels without an index, registers diffsuite's domain entry points
 # (a dist-info folder; the package itself runs from the checkout through PYTHONPATH) and prints

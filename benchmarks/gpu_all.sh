@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Every domain's GPU mode, one after another, each under its own timeout, on a CUDA machine.
+#     bash benchmarks/gpu_wheels.sh                         # here, once (network)
+#     bash benchmarks/gpu_all.sh OUT_DIR [DOMAINS]          # there, from the repository root
+# DOMAINS: comma list of molecules, medical, timeseries, imaging (default: all four). Budgets
+# (seconds, each run's own --budget; the timeout adds start-up slack): molecules 150, medical 150,
+# timeseries 120, imaging 100 -- about 9 minutes for all four, so a 10-minute device command
+# should take at most three. Logs and JSON go to OUT_DIR (<domain>_gpu.log / .json).
+set -u
+OUT_DIR=${1:?usage: gpu_all.sh OUT_DIR [DOMAINS]}
+DOMAINS=${2:-molecules,medical,timeseries,imaging}
+mkdir -p "$OUT_DIR"
+# shellcheck source=/dev/null
+source benchmarks/gpu_setup.sh || exit 1
+status=0
+one() {  # name, timeout, command...
+  local name=$1 limit=$2 t0=$SECONDS rc
+  shift 2
+  timeout "$limit" python3 "$@" > "$OUT_DIR/${name}_gpu.log" 2>&1
+  rc=$?
+  echo "== $name: rc=$rc, $((SECONDS - t0)) s"
+  tail -n 20 "$OUT_DIR/${name}_gpu.log" | tr '\r' '\n' | grep -v 'it/s\]$' | tail -n 15
+  [ $rc -eq 0 ] || status=1
+}
+for d in ${DOMAINS//,/ }; do
+  case $d in
+    molecules)  one molecules 170 benchmarks/molecules.py --preset gpu --budget 150 --json "$OUT_DIR/molecules_gpu.json" ;;
+    medical)    one medical 170 benchmarks/medical.py --preset gpu --budget 150 --json "$OUT_DIR/medical_gpu.json" ;;
+    timeseries) one timeseries 140 benchmarks/timeseries.py --preset gpu --budget 120 --json "$OUT_DIR/timeseries_gpu.json" ;;
+    imaging)    one imaging 125 benchmarks/imaging.py --preset gpu --budget 100 --json "$OUT_DIR/imaging_gpu.json" \
+                    --out /tmp/imaging_gpu ;;
+    *) echo "unknown domain $d (molecules, medical, timeseries, imaging)"; status=1 ;;
+  esac
+done
+exit $status
