@@ -64,7 +64,7 @@ def settings(quick: bool, preset: str) -> dict:
                     n_pixel=20, scales=[1.0, 3.0], nfes=[10], fd_steps=10)
     if preset == "gpu":
         return dict(pixel_steps=None, latent_steps=None, vae_steps=None, batch=None, n_eval=2000, n_scan=500,
-                    n_nfe=1000, n_pixel=2000, scales=[1.0, 2.0, 3.0, 4.0, 6.0], nfes=[5, 10, 20],
+                    n_nfe=1000, n_pixel=1000, scales=[1.0, 2.0, 3.0, 4.0, 6.0], nfes=[5, 10, 20],
                     fd_steps=20)
     return dict(pixel_steps=150, latent_steps=2500, vae_steps=300, batch=64, n_eval=1000, n_scan=200, n_nfe=500,
                 n_pixel=100, scales=[1.0, 2.0, 3.0, 4.0, 6.0], nfes=[5, 10, 20], fd_steps=20)

@@ -135,15 +135,22 @@ def default() -> ImagingConfig:
 
 
 def gpu() -> ImagingConfig:
-    """H100-sized: the full 8,000-image train split, a 16M-parameter UNet, 6,000 steps of batch 256
-    in bf16 (aimed at ~5 minutes on an H100; not yet timed on a GPU)."""
+    """GPU-sized: the full 8,000-image train split, a 16M-parameter UNet, bf16, batch 1024.
+
+    One H200 run (``benchmarks/results/gpu/imaging_gpu_h200_partial.json``, batch 256, 300
+    warm-up steps, 22 s of latent UNet training) showed the step rate is launch-bound
+    (~12 steps/s for the latent UNet, ~15 for the autoencoder at batch 256, far below the card's
+    arithmetic), and the run ended inside its LR warm-up after 266 steps: a poor model (guided
+    accuracy 0.27). Hence a 4x larger batch at the same step rate, a short warm-up, and a higher
+    LR; meant to be run with a time budget (``benchmarks/imaging.py --preset gpu --budget``,
+    ``train.max_seconds``). Not yet re-run on a GPU with these settings."""
     return ImagingConfig(
         unet=UNetConfig(block_out_channels=(64, 128, 256), layers_per_block=2, attention=(False, True, True),
                         norm_num_groups=32, attention_head_dim=64, dropout=0.1),
         vae=VAEConfig(block_out_channels=(64, 128, 128), layers_per_block=2, norm_num_groups=32),
-        train=TrainConfig(steps=6000, batch_size=256, lr=4e-4, warmup_steps=300, lr_schedule="cosine",
-                          ema_decay=0.9995, mixed_precision="bf16", log_every=100, num_workers=0),
-        vae_train=TrainConfig(steps=5000, batch_size=256, lr=4e-4, warmup_steps=200, ema_decay=0.0,
+        train=TrainConfig(steps=6000, batch_size=1024, lr=8e-4, warmup_steps=50, lr_schedule="cosine",
+                          ema_decay=0.999, log_every=100, mixed_precision="bf16", num_workers=0),
+        vae_train=TrainConfig(steps=5000, batch_size=512, lr=5e-4, warmup_steps=20, ema_decay=0.0,
                               mixed_precision="bf16", log_every=100),
         sample=SampleConfig(eval_samples=2000, batch_size=1000),
     )
