@@ -491,6 +491,10 @@ class Trainer:
                     break
                 if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step != cfg.steps):
                     self.save(self.step)
+            if cfg.max_seconds > 0 and self.step < min(cfg.warmup_steps, cfg.steps):
+                warnings.warn(f"train.max_seconds={cfg.max_seconds:g} ran out at step {self.step}, inside the "
+                              f"{cfg.warmup_steps}-step LR warm-up: the LR never reached its peak; use fewer "
+                              "warm-up steps for this budget")
             if self.checkpoint_dir is not None and (self.step > start or not list_checkpoints(self.checkpoint_dir)):
                 self.save(self.step)
         finally:

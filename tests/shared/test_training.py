@@ -136,6 +136,9 @@ def test_time_budget_stops_and_decays_lr(monkeypatch):
     assert t.step == 10  # stopped by the budget, not at 1000 steps
     cos = [0.5 * (1 + math.cos(math.pi * k / 7)) for k in range(7)]  # 7 s left after warm-up
     assert lrs == pytest.approx([c * cfg.lr for c in [1 / 3, 2 / 3, 1.0] + cos])
+    clock[0] = 0.0
+    with pytest.warns(UserWarning, match="inside the 20-step LR warm-up"):
+        Trainer(replace(cfg, warmup_steps=20), progress=False).fit(make_model(), noisy_loss, DATA, callbacks=[tick])
     with pytest.raises(ConfigError, match="max_seconds"):
         TrainConfig(max_seconds=-1)
 
