@@ -204,6 +204,9 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
     gens = series_generators(generator, N, keys, device)
     per_batch = max(1, batch_size // S)  # whole series per sampling batch
     chunks = chunk_lengths(horizon, L - P)
+    # noise calls pre-drawn per series: a deterministic solver draws only the prior (unless RePaint)
+    block = noise_block if noise_block > 0 else \
+        (1 if getattr(solver, "deterministic", False) and method != "repaint" else g.numel())
     out = np.empty((N * S, horizon), dtype=np.float32)
     pos = 0
     bar = None
@@ -227,7 +230,7 @@ def forecast(model, history: Sequence[np.ndarray] | np.ndarray, horizon: int, *,
         for i0 in range(0, N, per_batch):
             i1 = min(i0 + per_batch, N)
             a, b = i0 * S, i1 * S
-            gen = _SeriesNoise(gens[i0:i1], S, block=noise_block if noise_block > 0 else g.numel())
+            gen = _SeriesNoise(gens[i0:i1], S, block=block)
             k = torch.as_tensor(known[a // rep:b // rep], dtype=torch.float32).to(device)
             m = torch.as_tensor(mask[a // rep:b // rep]).to(device)
             if rep > 1:
