@@ -383,7 +383,7 @@ def gpu_settings(budget: float, smoke: bool, device: str) -> dict:
     s = dict(preset="gpu", smoke=smoke, budget_s=budget, slack=0.13, device=device, stride=1, passes=GPU_PASSES,
              hidden=g.model.hidden, depth=g.model.depth, dropout=g.model.dropout, gpd_batch=g.train.batch_size,
              gpd_lr=g.train.lr, gpd_warmup=g.train.warmup_steps, gpd_ema=g.train.ema_decay, gpd_steps_cap=g.train.steps,
-             share_gpd_in=0.13, share_gpd_zs=0.13, share_dlinear=0.10, share_deepar=0.07,
+             share_gpd_in=0.15, share_gpd_zs=0.14, share_dlinear=0.09, share_deepar=0.06,
              fc_steps=g.forecast.steps, samples=g.forecast.num_samples, fc_batch=g.forecast.batch_size,
              scale_candidates=SCALE_CANDIDATES, val_stride=48, val_m4_series=414, val_samples=16,
              in_domain_stride=1, in_domain_max_per_series=None, m4_series=414, m4_samples=128,
