@@ -54,8 +54,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# benchmarks/<domain>.py would shadow the domain packages: the repository root goes first and
+# this folder leaves the import path (it is sys.path[0] when a script here is run directly)
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not in (ROOT, ROOT / "benchmarks")]
 
 from shared.config import apply_overrides  # noqa: E402
 from shared.training import Trainer  # noqa: E402

@@ -69,7 +69,8 @@ def series_generators(generator, n: int, keys=None, device="cpu") -> list[torch.
             raise ValueError(f"got {len(generator)} per-series generators for {n} series")
         return list(generator)
     if isinstance(generator, torch.Generator):
-        base = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+        # drawn on the generator's own device (a CUDA generator cannot fill a CPU tensor)
+        base = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device))
     else:
         base = 0 if generator is None else int(generator)
     if keys is None:

@@ -181,3 +181,22 @@ def test_pigdm_weighting_and_replacement_options(sine_model):
         forecast(sine_model, [h], 8, steps=5, method="mse", weighting="magic")
     with pytest.raises(ValueError, match="pigdm"):
         forecast(sine_model, [h], 8, steps=5, method="inpaint", weighting="pigdm")
+
+
+def test_series_generators_from_a_generator_are_seeded():
+    from timeseries.forecast import series_generators
+
+    a = series_generators(torch.Generator().manual_seed(3), 2)
+    b = series_generators(torch.Generator().manual_seed(3), 2)
+    assert [g.initial_seed() for g in a] == [g.initial_seed() for g in b]
+    assert a[0].initial_seed() != a[1].initial_seed()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_series_generators_accept_a_cuda_generator():
+    # the H200 probe failed here: the base seed was drawn into a CPU tensor from a CUDA generator
+    from timeseries.forecast import series_generators
+
+    gens = series_generators(torch.Generator(device="cuda").manual_seed(0), 3, device="cuda")
+    assert all(g.device.type == "cuda" for g in gens)
