@@ -99,6 +99,7 @@ def gpd_config(s: dict, train_on: tuple[str, ...], in_domain: bool = False):
         "train.steps": s["gpd_steps"], "train.batch_size": s["gpd_batch"], "train.device": s["device"],
         "forecast.steps": s["fc_steps"], "forecast.num_samples": s["samples"],
         "data.max_per_series": cap, "model.linear_skip": s.get("linear_skip", True),
+        "forecast.antithetic": s.get("antithetic", False), "forecast.noise_block": s.get("noise_block", 1),
     })
 
 
@@ -122,7 +123,7 @@ def gpd_forecast(model, cfg, hist, H, seed=0):
                  steps=fc.steps, guidance_scale=fc.guidance_scale, resample=fc.resample,
                  guidance_min_alpha=fc.guidance_min_alpha, weighting=fc.weighting,
                  obs_var=fc.obs_var, replace=fc.replace, generator=seed, batch_size=fc.batch_size,
-                 noise_block=fc.noise_block)
+                 noise_block=fc.noise_block, antithetic=fc.antithetic)
     return s, time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -532,7 +533,7 @@ def main_gpu(a, device: str) -> int:
                                solver=fc.solver, grid=fc.grid, steps=fc.steps, guidance_scale=fc.guidance_scale,
                                resample=fc.resample, guidance_min_alpha=fc.guidance_min_alpha,
                                weighting=fc.weighting, obs_var=fc.obs_var, replace=fc.replace, generator=seed,
-                               batch_size=bs, keys=keys, noise_block=fc.noise_block)
+                               batch_size=bs, keys=keys, noise_block=fc.noise_block, antithetic=fc.antithetic)
                 break
             except torch.cuda.OutOfMemoryError:
                 if bs <= 4 * fc.num_samples:

@@ -89,6 +89,16 @@ class MLPDiffusionNet(nn.Module):
                 nn.init.zeros_(lin.weight)
                 nn.init.zeros_(lin.bias)
 
+    def _temb(self, t: Tensor) -> Tensor:
+        """Time embedding of ``t: [B]``. When all ``B`` values are equal (every sampling step:
+        the solver passes one time for the whole batch) it is computed once, ``[1, time_dim]``,
+        and broadcast, and so are the FiLM and skip-gate maps of it: about a quarter of the
+        forward FLOPs of a row at hidden 256 go to those per-row copies otherwise."""
+        t = t.reshape(-1)
+        if t.numel() > 1 and not t.requires_grad and bool((t == t[0]).all()):
+            return self.time(t[:1])
+        return self.time(t)
+
     def forward(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
         if cond is not None:
             raise ValueError("MLPDiffusionNet is unconditional (GPD): pass cond=None")
@@ -97,7 +107,7 @@ class MLPDiffusionNet(nn.Module):
             raise ValueError(f"expected x of shape [B, {self.length}] or [B, 1, {self.length}], got {tuple(shape)}")
         x2 = x.reshape(shape[0], self.length)
         h = self.inp(x2)  # [B, hidden]
-        temb = self.time(t)  # [B, time_dim]
+        temb = self._temb(t)  # [B, time_dim], or [1, time_dim] when every row has the same t
         for blk in self.blocks:
             h = blk(h, temb)
         y = self.out(self.norm(h))

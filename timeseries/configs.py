@@ -99,6 +99,8 @@ class ForecastConfig:
     noise_block:     noise calls each series' generator draws at once (1: one per sampling step,
                      the reference stream; 0: the whole run's worth, one draw per series; much
                      faster on a GPU; equally distributed, on CUDA different samples).
+    antithetic:      each series' samples in mirrored pairs (noise z and -z at every step):
+                     every sample is still a sample, the sample mean has lower variance.
     """
 
     method: Literal["inpaint", "repaint", "mse", "quantile"] = "mse"
@@ -114,6 +116,7 @@ class ForecastConfig:
     resample: int = 2
     batch_size: int = 4096
     noise_block: int = 1
+    antithetic: bool = False
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,8 @@ class GPDPredictor(Predictor):
                      guidance_min_alpha=fc.guidance_min_alpha, weighting=fc.weighting,
                      obs_var=fc.obs_var, replace=fc.replace,
                      resample=fc.resample, generator=self.seed, keys=keys, batch_size=fc.batch_size,
-                     progress=self.progress, noise_block=fc.noise_block)
+                     progress=self.progress, noise_block=fc.noise_block,
+                     antithetic=fc.antithetic)
         out, k = [], 0
         for e, c in zip(entries, shapes):
             T = np.asarray(e["target"]).shape[-1]

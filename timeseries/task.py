@@ -93,7 +93,8 @@ class TimeseriesTask:
                      solver=solver, grid=grid, guidance_scale=opts["guidance_scale"], resample=opts["resample"],
                      guidance_min_alpha=fc.guidance_min_alpha, weighting=fc.weighting,
                      obs_var=fc.obs_var, replace=fc.replace,
-                     generator=generator, batch_size=fc.batch_size, noise_block=fc.noise_block)
+                     generator=generator, batch_size=fc.batch_size, noise_block=fc.noise_block,
+                     antithetic=fc.antithetic)
         return {"samples": torch.from_numpy(s.reshape(N, C, -1, H)), "target": torch.from_numpy(y.copy()),
                 "history": torch.from_numpy(x.copy())}
 
