@@ -19,7 +19,10 @@ Writes ``ap_quadrant``, ``ap_tooth``, ``ap_diagnosis``, ``ap_aggregate``, ``ap50
 ``retinanet_sec_per_image`` (inference, batch of test images, same thread count),
 ``steps_1`` / ``steps_2`` / ``steps_4`` blocks for 1, 2 and 4 sampling steps, and
 ``input_box_check``: AP / AR of one denoising pass from ground-truth boxes noised to ``t``
-(does the head refine the boxes it is given?). ``setup`` records wall and CPU seconds.
+(does the head refine the boxes it is given?), ``error_analysis`` per sampling step count (see
+:func:`error_analysis`: label accuracy of the boxes found at IoU 0.5 per level, and the AP with
+oracle labels on the same boxes, i.e. localisation vs classification). ``setup`` records wall and
+CPU seconds.
 
 GPU mode (``--preset gpu``, see :func:`main_gpu`): the ``gpu`` preset (512x256 phantoms drawn
 in parallel, wider backbone, batch 16, bf16 autocast) in a fixed wall-clock budget (150 s by
@@ -218,6 +221,71 @@ def level_scores(pred_per_level, test):
     return out
 
 
+def error_analysis(samples, test, iou_thr: float = 0.5) -> dict:
+    """Why AP is lost, per level: localisation or classification. For every ground-truth box
+    annotated at a level, the highest-scoring prediction (argmax labels, joint score) with
+    IoU >= ``iou_thr``: ``found_<level>`` is the fraction of ground-truth boxes that have one,
+    ``acc_<level>`` the fraction of those whose label at the level is right; for the tooth level
+    ``tooth_off_by`` counts |predicted - true| tooth number over the found boxes.
+    ``ap_<level>_argmax`` is the level's AP from the argmax labels only (one hypothesis per box)
+    and ``ap_<level>_oracle_labels`` the same after relabelling every prediction that overlaps a
+    ground-truth box (IoU >= ``iou_thr``) with that box's label: the AP a perfect classifier on
+    the same boxes would get (localisation ceiling). Diagnostic only, not a result."""
+    import numpy as np
+    from monai.data.box_utils import box_iou
+
+    from medical.metrics import dentex_scores
+
+    found, right = np.zeros(3), np.zeros(3)
+    total = np.zeros(3)
+    off = np.zeros(8, np.int64)
+    oracle, argmax = [], []
+    for s in samples:
+        it = test[s["index"]]
+        gb, gl = it["boxes"].numpy().astype(np.float64), it["labels"].numpy()
+        pb = s["boxes"].numpy().astype(np.float64)
+        pl = s["labels"].numpy().copy()
+        sc = s["scores"].numpy()
+        plain = {"boxes": s["boxes"], "labels": s["labels"], "level_scores": s["level_scores"]}
+        argmax.append(plain)
+        if len(gb) == 0 or len(pb) == 0:
+            oracle.append(plain)
+            continue
+        iou = np.asarray(box_iou(pb, gb))  # [K, M]
+        best = iou.argmax(1)
+        ok = iou.max(1) >= iou_thr
+        olab = pl.copy()
+        for k in range(3):
+            known = gl[best, k] >= 0
+            olab[ok & known, k] = gl[best[ok & known], k]
+            for j in range(len(gb)):
+                if gl[j, k] < 0:
+                    continue
+                total[k] += 1
+                cand = np.nonzero(iou[:, j] >= iou_thr)[0]
+                if len(cand) == 0:
+                    continue
+                i = cand[sc[cand].argmax()]
+                found[k] += 1
+                right[k] += pl[i, k] == gl[j, k]
+                if k == 1:
+                    off[min(7, abs(int(pl[i, k]) - int(gl[j, k])))] += 1
+        oracle.append({"boxes": s["boxes"], "labels": torch.as_tensor(olab), "level_scores": s["level_scores"]})
+    gts = [{"boxes": test[s["index"]]["boxes"], "labels": test[s["index"]]["labels"]} for s in samples]
+    m_arg, m_or = dentex_scores(argmax, gts), dentex_scores(oracle, gts)
+    out = {}
+    for k, lv in enumerate(LEVELS):
+        out[f"found_{lv}"] = float(found[k] / max(1, total[k]))
+        out[f"acc_{lv}"] = float(right[k] / max(1, found[k]))
+        for name in ("ap", "ap50", "ap75"):
+            out[f"{name}_{lv}_argmax"] = m_arg[f"{name}_{lv}"]
+            out[f"{name}_{lv}_oracle_labels"] = m_or[f"{name}_{lv}"]
+    out["ap_aggregate_argmax"] = m_arg["ap_aggregate"]
+    out["ap_aggregate_oracle_labels"] = m_or["ap_aggregate"]
+    out["tooth_off_by"] = off.tolist()
+    return out
+
+
 # --------------------------------------------------------------------------- GPU mode
 
 GPU_BUDGET = 150.0  # seconds for the whole --preset gpu run (imports, data, 4 trainings, evaluation)
@@ -374,6 +442,7 @@ def main_gpu(args) -> int:
         m["eval_s"] = time.perf_counter() - t0
         res[steps] = m
         out[f"steps_{steps}"] = {k: m[k] for k in keys + ["sec_per_image"]}
+        out.setdefault("error_analysis", {})[f"steps_{steps}"] = error_analysis(s, test)
         if steps == 4:
             out.update({k: m[k] for k in keys})
             out["sec_per_image"] = sec
@@ -516,7 +585,7 @@ def main(argv=None) -> int:
     trainer = Trainer(cfg.train, None, progress=False)
     model = task.train(cfg, model, data, trainer)
     t_ours, c_ours = time.perf_counter() - t0, time.process_time() - c0
-    res = {}
+    res, errs = {}, {}
     for steps in SAMPLING_STEPS:
         g = G.make("uniform", steps, process=model.process)
         t0 = time.perf_counter()
@@ -526,7 +595,10 @@ def main(argv=None) -> int:
         m = task.evaluate(s, data)
         m["sec_per_image"] = sec
         res[steps] = m
-        print(f"ours DDIM {steps} step(s): AP agg {m['ap_aggregate']:.4f}, {sec:.4f} s/img", file=sys.stderr)
+        errs[steps] = error_analysis(s, test)
+        print(f"ours DDIM {steps} step(s): AP agg {m['ap_aggregate']:.4f}, {sec:.4f} s/img; label accuracy of found "
+              f"boxes q/t/d {errs[steps]['acc_quadrant']:.3f} / {errs[steps]['acc_tooth']:.3f} / "
+              f"{errs[steps]['acc_diagnosis']:.3f}", file=sys.stderr)
 
     # RetinaNet, one per level
     dets, t_ret, c_ret, n_imgs = [], 0.0, 0.0, []
@@ -555,6 +627,7 @@ def main(argv=None) -> int:
     out["retinanet_sec_per_image"] = ret_sec
     for steps in SAMPLING_STEPS:
         out[f"steps_{steps}"] = {k: res[steps][k] for k in keys + ["sec_per_image"]}
+    out["error_analysis"] = {f"steps_{n}": errs[n] for n in SAMPLING_STEPS}
     out["input_box_check"] = input_box_check(model, test)
     out["setup"] = {
         "quick": args.quick, "train_steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
@@ -562,8 +635,10 @@ def main(argv=None) -> int:
         "partial_labels": list(cfg.data.partial), "num_proposals": cfg.model.num_proposals,
         "match_k": cfg.loss.match_k, "match_dynamic": cfg.loss.match_dynamic, "match_center": cfg.loss.match_center,
         "pad_repeat": cfg.loss.pad_repeat, "box_prior": list(cfg.model.box_prior), "geo_fourier": cfg.model.geo_fourier,
+        "geo_rbf": cfg.model.geo_rbf, "geo_cls": cfg.model.geo_cls,
         "sample": {k: getattr(cfg.sample, k) for k in (
-            "renewal", "renewal_threshold", "ensemble", "nms_iou", "num_proposals", "class_topk")}, "retinanet": "one MONAI RetinaNetDetector per level (ATSS matcher, "
+            "renewal", "renewal_threshold", "ensemble", "nms_iou", "num_proposals", "class_topk", "box_vote")},
+        "retinanet": "one MONAI RetinaNetDetector per level (ATSS matcher, "
         "hard-negative sampler), same ResNet-FPN and TrainConfig, trained on images annotated at its level",
         "retinanet_train_images_per_level": n_imgs, "ours_train_s": t_ours, "retinanet_train_s": t_ret,
         "solver": "ddim", "grid": "uniform", "threads": torch.get_num_threads(),

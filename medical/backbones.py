@@ -222,6 +222,10 @@ class DiffusionDetNet(nn.Module):
         signal_scale: box signal range ``[-scale, scale]``.
         geo_fourier: number of octaves of sin / cos features of the normalised box geometry fed
             to each stage beside the raw (cx, cy, w, h) (0: raw geometry only).
+        geo_rbf: number of Gaussian bumps encoding cx and cy (soft position bins) added to the
+            geometry features (0: none).
+        geo_cls: add to each stage's class logits a small MLP of the geometry features of that
+            stage's output box (tooth number is a function of position along the arch).
         box_prior: ``(mean, std)`` of normalised cxcywh (8 numbers) of the box signal, or None
             for DiffusionDet's mapping (see :func:`boxes_to_signal`).
         roi_levels: ``"assign"``: each box reads the FPN level of its size (boxes up to
@@ -235,9 +239,12 @@ class DiffusionDetNet(nn.Module):
                  returned_layers: Sequence[int] = (1, 2, 3), fpn_channels: int = 64, d_model: int = 128,
                  num_heads: int = 4, pool: int = 7, num_stages: int = 2, time_dim: int = 128,
                  feature_levels: int = 3, roi_levels: str = "assign", roi_canonical: float = 32.0,
-                 box_prior: Sequence[float] | None = None, geo_fourier: int = 0):
+                 box_prior: Sequence[float] | None = None, geo_fourier: int = 0, geo_rbf: int = 0,
+                 geo_cls: bool = False):
         super().__init__()
         self.geo_fourier = int(geo_fourier)
+        self.geo_rbf = int(geo_rbf)
+        self.geo_cls = bool(geo_cls)
         self.box_prior = tuple(box_prior) if box_prior else None
         if roi_levels not in ("assign", "mean"):
             raise ValueError(f"roi_levels must be 'assign' or 'mean', got {roi_levels!r}")
@@ -251,10 +258,41 @@ class DiffusionDetNet(nn.Module):
         self.backbone = ResNetFPN(in_channels=in_channels, layers=layers, block_inplanes=block_inplanes,
                                   returned_layers=returned_layers, fpn_channels=fpn_channels)
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        geo_dim = 4 + 8 * self.geo_fourier + 2 * self.geo_rbf
         self.stages = nn.ModuleList([
             _Stage(roi_dim=fpn_channels * pool * pool, d_model=d_model, num_heads=num_heads,
-                   num_classes=num_classes, time_dim=time_dim, geo_dim=4 + 8 * self.geo_fourier)
+                   num_classes=num_classes, time_dim=time_dim, geo_dim=geo_dim)
             for _ in range(num_stages)])
+        if self.geo_cls:
+            # class logits from the geometry of each stage's OUTPUT box (the box that is scored):
+            # per stage and level a small MLP, last layer zero-initialised (starts as a no-op)
+            self.geo_heads = nn.ModuleList()
+            for _ in range(num_stages):
+                heads = nn.ModuleList()
+                for k in num_classes:
+                    mlp = nn.Sequential(nn.Linear(geo_dim, d_model), nn.ReLU(), nn.Linear(d_model, k))
+                    nn.init.zeros_(mlp[-1].weight)
+                    nn.init.zeros_(mlp[-1].bias)
+                    heads.append(mlp)
+                self.geo_heads.append(heads)
+
+    def _geo(self, boxes_px: Tensor) -> Tensor:
+        """Geometry features of ``[B, N, 4]`` xyxy pixel boxes: normalised (cx, cy, w, h), plus
+        ``geo_fourier`` octaves of sin / cos, plus ``geo_rbf`` Gaussian bumps (centres evenly
+        over [0, 1], width one spacing) of cx and of cy: a soft one-hot code of the position
+        along the image, which a linear layer maps to position bins (tooth numbers)."""
+        W, H = self.image_size
+        geo = xyxy_to_cxcywh(boxes_px / boxes_px.new_tensor([W, H, W, H]))
+        parts = [geo]
+        if self.geo_fourier:  # Fourier features of the box geometry (position -> tooth number)
+            f = geo[..., None] * (math.pi * 2.0 ** torch.arange(self.geo_fourier, device=geo.device,
+                                                                dtype=geo.dtype))
+            parts += [f.sin().flatten(-2), f.cos().flatten(-2)]
+        if self.geo_rbf:
+            c = (torch.arange(self.geo_rbf, device=geo.device, dtype=geo.dtype) + 0.5) / self.geo_rbf
+            z = (geo[..., :2, None] - c) * self.geo_rbf  # [B, N, 2, R] in units of the spacing
+            parts.append(torch.exp(-0.5 * z * z).flatten(-2))
+        return torch.cat(parts, -1)
 
     def encode(self, images: Tensor) -> dict:
         """``images [B, C, W, H]`` -> condition ``{"features": [level maps]}``."""
@@ -287,13 +325,9 @@ class DiffusionDetNet(nn.Module):
         boxes = signal_to_boxes(x, self.image_size, self.signal_scale, self.box_prior)  # [B, N, 4] pixels
         temb = self.time_mlp(_time_embedding(t, self.time_dim))
         h, stages = None, []
-        for stage in self.stages:
+        for si, stage in enumerate(self.stages):
             b = boxes.detach()
-            geo = xyxy_to_cxcywh(b / wh)
-            if self.geo_fourier:  # Fourier features of the box geometry (position -> tooth number)
-                f = geo[..., None] * (math.pi * 2.0 ** torch.arange(self.geo_fourier, device=geo.device,
-                                                                    dtype=geo.dtype))
-                geo = torch.cat([geo, f.sin().flatten(-2), f.cos().flatten(-2)], -1)
+            geo = self._geo(b)
             roi = self._roi(feats, b)
             h, logits, d = stage(roi, geo, h, temb)
             cx, cy, w, hh = xyxy_to_cxcywh(b).unbind(-1)
@@ -301,6 +335,9 @@ class DiffusionDetNet(nn.Module):
             dw, dh = dw.clamp(max=math.log(1000 / 16)), dh.clamp(max=math.log(1000 / 16))
             new = torch.stack([cx + dx * w, cy + dy * hh, w * dw.exp(), hh * dh.exp()], -1)
             boxes = cxcywh_to_xyxy(new)
+            if self.geo_cls:
+                g_out = self._geo(boxes.detach())
+                logits = [lg + head(g_out).to(lg.dtype) for lg, head in zip(logits, self.geo_heads[si])]
             stages.append((boxes, logits))
         if aux is not None:
             aux["logits"] = stages[-1][1]

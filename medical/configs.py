@@ -53,7 +53,10 @@ class ModelConfig:
     ``box_prior``: empty for DiffusionDet's box signal ``(2 b - 1) * signal_scale``, or 8 numbers
     (mean and std of normalised cx, cy, w, h) for ``(b - mean) / std * signal_scale`` (see
     :func:`medical.backbones.boxes_to_signal`). ``geo_fourier``: octaves of sin / cos features of
-    the box geometry given to the head (0: raw cx, cy, w, h only)."""
+    the box geometry given to the head (0: raw cx, cy, w, h only). ``geo_rbf``: Gaussian bumps
+    encoding cx and cy (soft position bins) added to those features. ``geo_cls``: class logits
+    also get a small MLP of the geometry of each stage's output box (see
+    :class:`medical.backbones.DiffusionDetNet`)."""
 
     layers: tuple[int, ...] = (1, 1, 1, 1)
     block_inplanes: tuple[int, ...] = (16, 32, 64, 128)
@@ -66,6 +69,8 @@ class ModelConfig:
     signal_scale: float = 2.0
     box_prior: tuple[float, ...] = ()
     geo_fourier: int = 0
+    geo_rbf: int = 0
+    geo_cls: bool = False
     roi_levels: str = "assign"
     schedule: str = "cosine"
     num_train_timesteps: int = 1000
@@ -140,6 +145,7 @@ class SampleConfig:
     batch_size: int = 8
     num_proposals: int = 0  # 0: as in training
     class_topk: int = 1  # class hypotheses per box and level in the scored output (1: argmax only)
+    box_vote: float = 0.0  # IoU threshold of box voting after NMS (0: off)
 
 
 @dataclass(frozen=True)
@@ -164,7 +170,7 @@ def tiny() -> MedicalConfig:
         data=DataConfig(n_train=8, n_val=2, n_test=4, image_size=(128, 64)),
         model=ModelConfig(layers=(1, 1, 1, 1), block_inplanes=(8, 16, 16, 16), fpn_channels=16, d_model=32,
                           num_heads=2, pool=3, num_stages=1, num_proposals=12, box_prior=PHANTOM_BOX_PRIOR,
-                          geo_fourier=2),
+                          geo_fourier=2, geo_rbf=8, geo_cls=True),
         loss=LossConfig(match_k=2, match_dynamic=True, match_center=2.5, pad_repeat=0.25),
         sample=SampleConfig(steps=2, batch_size=4, class_topk=2),
         train=TrainConfig(steps=4, batch_size=4, lr=1e-3, ema_decay=0.0, log_every=1, device="cpu"))
@@ -174,10 +180,15 @@ def default() -> MedicalConfig:
     """About two minutes of CPU training on phantoms (the cross-domain demo). Box prior of the
     phantoms, Fourier box-geometry features, local one-to-many matching (dynamic k with a centre
     prior) and repeat padding:
-    see the medical README section for the measurements behind them."""
+    see the medical README section for the measurements behind them. Soft position bins
+    (``geo_rbf=32``) and a geometry path to the class logits from each stage's output box
+    (``geo_cls``): the tooth number is a function of the position along the arch, and without
+    them the head numbered only 66 % of the teeth it had found right (benchmark setting:
+    tooth AP 0.32 -> 0.54, aggregate 0.485 -> 0.59 at 1 sampling step)."""
     return MedicalConfig(
         data=DataConfig(n_train=96, n_val=8, n_test=16, image_size=(256, 128)),
-        model=ModelConfig(num_stages=3, num_proposals=64, box_prior=PHANTOM_BOX_PRIOR, geo_fourier=4),
+        model=ModelConfig(num_stages=3, num_proposals=64, box_prior=PHANTOM_BOX_PRIOR, geo_fourier=4, geo_rbf=32,
+                          geo_cls=True),
         loss=LossConfig(match_k=3, match_dynamic=True, match_center=2.5, pad_repeat=0.25),
         train=TrainConfig(steps=300, batch_size=4, lr=1e-3, warmup_steps=20, lr_schedule="cosine",
                           ema_decay=0.99, log_every=10, grad_clip=1.0))
@@ -197,7 +208,7 @@ def gpu() -> MedicalConfig:
         data=DataConfig(n_train=800, n_val=0, n_test=64, image_size=(512, 256), workers=-1),
         model=ModelConfig(layers=(1, 1, 1, 1), block_inplanes=(32, 64, 128, 256), fpn_channels=128, d_model=256,
                           num_heads=8, num_stages=3, num_proposals=128, box_prior=PHANTOM_BOX_PRIOR,
-                          geo_fourier=4),
+                          geo_fourier=4, geo_rbf=32, geo_cls=True),
         loss=LossConfig(match_k=5, match_dynamic=True, match_center=2.5, pad_repeat=0.25, batched=True),
         sample=SampleConfig(batch_size=32, num_proposals=300, class_topk=3),
         train=TrainConfig(steps=3000, batch_size=16, lr=1e-3, warmup_steps=20, lr_schedule="cosine",

@@ -370,7 +370,7 @@ def level_predictions(logits: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
 
 def postprocess(signals: Sequence[Tensor], logits_list: Sequence[Sequence[Tensor]], size: Sequence[int],
                 scale: float, *, nms_iou: float = 0.6, max_det: int = 100,
-                prior: Sequence[float] | None = None, class_topk: int = 1) -> list[dict]:
+                prior: Sequence[float] | None = None, class_topk: int = 1, box_vote: float = 0.0) -> list[dict]:
     """Merge the (step) predictions of a batch into detections per image.
 
     signals: list over steps of ``[B, N, 4]`` x0 box signals; logits_list: matching list of
@@ -381,7 +381,11 @@ def postprocess(signals: Sequence[Tensor], logits_list: Sequence[Sequence[Tensor
 
     ``class_topk > 1``: also ``"level_dets"``, per level ``{"boxes", "labels", "scores"}`` with up to
     ``class_topk`` class hypotheses per kept box (DiffusionDet / DETR inference: the top
-    ``max_det`` (box, class) pairs by class probability), which the per-level AP uses."""
+    ``max_det`` (box, class) pairs by class probability), which the per-level AP uses.
+
+    ``box_vote > 0``: box voting (Gidaris & Komodakis 2015): each box kept by NMS is replaced by
+    the score-weighted mean of all pooled boxes (every step, every proposal) that overlap it with
+    IoU >= ``box_vote``; scores and labels stay those of the kept box."""
     from monai.data.box_utils import non_max_suppression
 
     W, H = size
@@ -406,7 +410,15 @@ def postprocess(signals: Sequence[Tensor], logits_list: Sequence[Sequence[Tensor
             keep = torch.as_tensor(non_max_suppression(boxes.cpu(), score.cpu(), nms_iou, max_det), dtype=torch.long)
         else:
             keep = torch.zeros(0, dtype=torch.long)
-        det = {"boxes": boxes.cpu()[keep], "scores": score.cpu()[keep], "labels": labels.cpu()[keep],
+        kept = boxes.cpu()[keep]
+        if box_vote > 0 and len(keep):
+            from monai.data.box_utils import box_iou
+
+            bc, sc = boxes.cpu().float(), score.cpu().float()
+            w = torch.as_tensor(box_iou(kept.float(), bc)) >= box_vote  # [K, all]
+            w = w.float() * sc[None]
+            kept = (w @ bc) / w.sum(-1, keepdim=True).clamp_min(1e-12)
+        det = {"boxes": kept, "scores": score.cpu()[keep], "labels": labels.cpu()[keep],
                "level_scores": lscores.cpu()[keep]}
         if class_topk > 1:
             det["level_dets"] = []

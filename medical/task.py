@@ -44,7 +44,8 @@ class MedicalModel(nn.Module):
                               signal_scale=m.signal_scale, layers=m.layers, block_inplanes=m.block_inplanes,
                               fpn_channels=m.fpn_channels, d_model=m.d_model, num_heads=m.num_heads, pool=m.pool,
                               num_stages=m.num_stages, roi_levels=m.roi_levels, box_prior=m.box_prior or None,
-                              geo_fourier=m.geo_fourier)
+                              geo_fourier=m.geo_fourier, geo_rbf=getattr(m, "geo_rbf", 0),
+                              geo_cls=getattr(m, "geo_cls", False))
         self.process = DiscreteVP.from_betas(m.schedule, m.num_train_timesteps)
         self.space = Euclidean()
         self.denoiser = Denoiser(net, self.process, prediction="x0", space=self.space)
@@ -107,7 +108,7 @@ def _move(batch_images: Tensor, model: nn.Module) -> Tensor:
 def detect(model: MedicalModel, images: Tensor, *, solver, grid: Tensor, generator=None, renewal: bool = True,
            renewal_threshold: float = 0.1, ensemble: bool = True, nms_iou: float = 0.6, max_det: int = 100,
            init_boxes: Sequence[Tensor] | None = None, guidance: Callable | None = None,
-           num_proposals: int | None = None, class_topk: int = 1) -> list[dict]:
+           num_proposals: int | None = None, class_topk: int = 1, box_vote: float = 0.0) -> list[dict]:
     """Detect boxes by denoising random boxes (DiffusionDet inference).
 
     Args:
@@ -125,6 +126,7 @@ def detect(model: MedicalModel, images: Tensor, *, solver, grid: Tensor, generat
             at inference than in training).
         class_topk: class hypotheses per box and level kept for scoring (``"level_dets"``, see
             :func:`medical.detection.postprocess`); 1: the argmax label only.
+        box_vote: IoU threshold of box voting after NMS (0: off; see :func:`medical.detection.postprocess`).
     Returns per image ``{"boxes": [K, 4] xyxy, "scores": [K], "labels": [K, 3], "level_scores": [K, 3]}``
     (plus ``"level_dets"`` when ``class_topk > 1``).
     """
@@ -158,7 +160,8 @@ def detect(model: MedicalModel, images: Tensor, *, solver, grid: Tensor, generat
            generator=generator)
     steps = ens.steps if ensemble else ens.steps[-1:]
     return postprocess([s for s, _ in steps], [lg for _, lg in steps], size, scale, nms_iou=nms_iou,
-                       max_det=max_det, prior=getattr(model, "box_prior", None), class_topk=class_topk)
+                       max_det=max_det, prior=getattr(model, "box_prior", None), class_topk=class_topk,
+                       box_vote=box_vote)
 
 
 @torch.no_grad()
@@ -357,7 +360,7 @@ class MedicalTask:
                 res = detect(model, imgs, solver=solver, grid=grid, generator=gens, renewal=renewal,
                              renewal_threshold=s.renewal_threshold, ensemble=ensemble, nms_iou=s.nms_iou,
                              max_det=s.max_det, guidance=guidance, num_proposals=s.num_proposals or None,
-                             class_topk=getattr(s, "class_topk", 1))
+                             class_topk=getattr(s, "class_topk", 1), box_vote=getattr(s, "box_vote", 0.0))
                 for i, r in zip(sel, res):
                     r["index"] = i
                     out.append(r)

@@ -323,3 +323,37 @@ def test_class_topk_hypotheses():
     s1, s2 = dentex_scores(one, g), dentex_scores(two, g)
     assert s1["ap_tooth"] < 0.6 and s2["ap_tooth"] > 0.99
     assert s2["ap_quadrant"] == pytest.approx(s1["ap_quadrant"]) and s2["ap_diagnosis"] == pytest.approx(1.0)
+
+
+def test_geometry_features_and_geometry_class_path():
+    """``geo_rbf``: soft one-hot bins of cx and cy (the bump of a box's own bin is the largest);
+    ``geo_cls``: a geometry MLP on each stage's output box added to the class logits, last layer
+    zero-initialised, so a fresh net with it gives the same outputs as one without, and its
+    weights get gradients."""
+    from medical.backbones import DiffusionDetNet
+
+    kw = dict(image_size=(64, 32), layers=(1, 1, 1, 1), block_inplanes=(8, 8, 8, 8), fpn_channels=8, d_model=16,
+              num_heads=2, pool=2, num_stages=2, geo_fourier=2)
+    torch.manual_seed(0)
+    plain = DiffusionDetNet(**kw)
+    torch.manual_seed(0)
+    geo = DiffusionDetNet(**kw, geo_rbf=8, geo_cls=True)
+    torch.manual_seed(0)
+    net = DiffusionDetNet(**kw, geo_cls=True)  # same input features as `plain`, plus the zero-init path
+    boxes = torch.tensor([[[4.0, 2.0, 14.0, 30.0], [40.0, 8.0, 60.0, 20.0]]])
+    f = geo._geo(boxes)
+    assert f.shape == (1, 2, 4 + 8 * 2 + 2 * 8)
+    rbf = f[..., 4 + 16:].reshape(1, 2, 2, 8)  # [B, N, (cx, cy), bins]
+    cx = torch.tensor([9.0, 50.0]) / 64
+    assert rbf[0, :, 0].argmax(-1).tolist() == (cx * 8).floor().long().tolist()
+    x = torch.randn(1, 2, 4).clamp(-1.5, 1.5)
+    t = torch.tensor([0.5])
+    img = torch.randn(1, 1, 64, 32)
+    a1, a2 = {}, {}
+    out1 = plain(x, t, plain.encode(img), aux=a1)
+    out2 = net(x, t, net.encode(img), aux=a2)
+    assert torch.allclose(out1, out2, atol=1e-6)
+    for l1, l2 in zip(a1["logits"], a2["logits"]):
+        assert torch.allclose(l1, l2, atol=1e-6)
+    sum(lg.sum() for lg in a2["logits"]).backward()
+    assert net.geo_heads[-1][1][-1].weight.grad.abs().sum() > 0
