@@ -23,6 +23,14 @@ __all__ = ["DataConfig", "GraphConfig", "PredictorConfig", "SmilesConfig", "Mole
 RDKIT_DESCRIPTORS: tuple[str, ...] = ("logp", "mol_wt", "tpsa", "qed", "n_heavy")
 
 
+def _check_objective(part: str, objective: str, simplex: bool) -> None:
+    if objective not in ("mse", "ce"):
+        raise ConfigError(f"{part}.objective={objective!r} is not one of ['mse', 'ce']")
+    if objective == "ce" and not simplex:
+        raise ConfigError(f"{part}.objective='ce' reads class probabilities off the simplex head; "
+                          f"it needs {part}.simplex=True")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """path: QM9-format CSV (None = the vendored 20k sample); limit: first N rows only;
@@ -56,7 +64,13 @@ class GraphConfig:
     ``valence_features``: expected bond-order sum, class valence, free valence and neighbour
     count of the network's input graph as extra node inputs (``backbones.valence_features``).
     ``self_condition``: probability of self-conditioning in training (the network also sees its
-    previous x0 estimate, and its valence features; sampling always feeds it)."""
+    previous x0 estimate, and its valence features; sampling always feeds it).
+    ``objective``: ``"mse"`` (squared error of the x0 head) or ``"ce"`` (categorical
+    cross-entropy of the simplex head against the true atom / bond classes,
+    ``shared.loss.diffusion_loss(objective="ce")``; needs ``simplex=True``). ``node_weight``:
+    weight of each atom's loss entries relative to each atom pair's (``MolGraphSpace.node_weight``;
+    1 = plain mean over entries, where the n (n - 1) / 2 pairs outnumber the n atoms).
+    ``weighting``: a ``shared.loss`` weighting name or ``"sigmoid:<b>"`` (``task.loss_weighting``)."""
 
     hidden: int = 128
     edge_hidden: int = 64
@@ -69,12 +83,17 @@ class GraphConfig:
     simplex: bool = False
     valence_features: bool = False
     self_condition: float = 0.0
+    objective: Literal["mse", "ce"] = "mse"
+    node_weight: float = 1.0
 
     def __post_init__(self):
+        if not self.node_weight > 0:
+            raise ConfigError(f"graph.node_weight={self.node_weight} must be > 0")
         if not 0.0 <= self.self_condition <= 1.0:
             raise ConfigError(f"graph.self_condition={self.self_condition} must be a probability in [0, 1]")
         if self.simplex and self.prediction != "x0":
             raise ConfigError(f"graph.simplex=True is an x0 head; it needs graph.prediction='x0', got {self.prediction!r}")
+        _check_objective("graph", self.objective, self.simplex)
 
 
 @dataclass(frozen=True)
@@ -101,7 +120,8 @@ class SmilesConfig:
     in training (Analog Bits; sampling then always feeds the previous x0 estimate).
     ``backbone``: ``transformer`` (:class:`~molecules.backbones.SmilesTransformer`: d_model,
     layers, heads) or ``unet`` (the seed paper's family, :class:`~molecules.backbones.SmilesUNet1D`:
-    unet_channels per level, heads at the bottom)."""
+    unet_channels per level, heads at the bottom). ``objective``: ``"mse"`` or ``"ce"`` (categorical
+    cross-entropy of the simplex head against the true characters; needs ``simplex=True``)."""
 
     enabled: bool = True
     d_model: int = 128
@@ -115,6 +135,7 @@ class SmilesConfig:
     self_condition: float = 0.0
     backbone: Literal["transformer", "unet"] = "transformer"
     unet_channels: tuple[int, ...] = (64, 128, 128)
+    objective: Literal["mse", "ce"] = "mse"
 
     def __post_init__(self):
         if self.backbone not in ("transformer", "unet"):
@@ -123,6 +144,7 @@ class SmilesConfig:
             raise ConfigError(f"smiles.simplex=True is an x0 head; it needs smiles.prediction='x0', got {self.prediction!r}")
         if not 0.0 <= self.self_condition <= 1.0:
             raise ConfigError(f"smiles.self_condition={self.self_condition} must be a probability in [0, 1]")
+        _check_objective("smiles", self.objective, self.simplex)
 
 
 @dataclass(frozen=True)

@@ -67,11 +67,17 @@ class MolGraphSpace(Space):
     """Packed ``x: [B, N*K + N*N*C]`` (see module docstring) with ``node_mask: [B, N]``.
 
     Noise is Masked on the node block and SymmetricAdjacency on the bond block, so
-    ``dim = n K + n (n - 1) / 2 C`` per molecule with ``n`` atoms."""
+    ``dim = n K + n (n - 1) / 2 C`` per molecule with ``n`` atoms.
+
+    ``node_weight``: weight of the node block in :meth:`mean` (the reduction of the training
+    loss): ``(w sum_nodes + sum_edges) / (w dim_nodes + dim_edges)``. 1 is the plain mean over
+    entries, where each of the ``n (n - 1) / 2`` atom pairs counts as much as each of the ``n``
+    atoms; ``sum``, ``dim`` and everything else ignore it."""
 
     node_mask: Tensor
     n_atom_types: int
     n_bond_types: int
+    node_weight: float = 1.0
 
     @property
     def n(self) -> int:
@@ -106,3 +112,11 @@ class MolGraphSpace(Space):
     def dim(self, x):
         X, E = self._split(x)
         return self.nodes.dim(X) + self.edges.dim(E)
+
+    def mean(self, x):
+        if self.node_weight == 1.0:
+            return super().mean(x)
+        X, E = self._split(x)
+        w = self.node_weight
+        num = w * self.nodes.sum(X) + self.edges.sum(E)
+        return num / (w * self.nodes.dim(X) + self.edges.dim(E)).to(num.dtype)

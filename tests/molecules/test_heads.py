@@ -77,6 +77,62 @@ def test_simplex_needs_x0_prediction():
         C.SmilesConfig(self_condition=1.5)
 
 
+def test_cross_entropy_objective_config_and_loss():
+    with pytest.raises(ConfigError, match="simplex"):
+        C.GraphConfig(objective="ce")
+    with pytest.raises(ConfigError, match="simplex"):
+        C.SmilesConfig(objective="ce")
+    with pytest.raises(ConfigError, match="objective"):
+        C.GraphConfig(simplex=True, objective="l1")
+    cfg = C.tiny()
+    batch = {"atoms": torch.tensor([[0, 1, 2] + [-1] * 6] * 2), "bonds": torch.zeros(2, 9, 9, dtype=torch.long),
+             "tokens": torch.tensor([[1, 1, 1] + [0] * 29] * 2),
+             "y": torch.zeros(2, 12), "y_known": torch.ones(2, 12, dtype=torch.bool)}
+    batch["bonds"][:, 0, 1] = batch["bonds"][:, 1, 0] = 1
+    losses = {}
+    for obj in ("mse", "ce"):
+        c = dataclasses.replace(cfg, graph=dataclasses.replace(cfg.graph, simplex=True, objective=obj),
+                                smiles=dataclasses.replace(cfg.smiles, simplex=True, objective=obj))
+        torch.manual_seed(0)
+        model = MoleculeModel(c).train()
+        for part in ("graph", "smiles"):
+            loss = model(batch, torch.Generator().manual_seed(0), parts=(part,))
+            assert loss.shape == (2,) and torch.isfinite(loss).all() and (loss > 0).all()
+            losses[obj, part] = loss
+        model.zero_grad()
+        model(batch, torch.Generator().manual_seed(0), parts=("graph",)).sum().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.graph.parameters()
+                   if p.requires_grad)
+    # same network, noise and times: only the objective differs
+    assert not torch.allclose(losses["mse", "graph"], losses["ce", "graph"])
+    assert not torch.allclose(losses["mse", "smiles"], losses["ce", "smiles"])
+
+
+def test_node_weight_and_sigmoid_weighting():
+    from molecules.space import MolGraphSpace, pack
+    from molecules.task import loss_weighting
+    from shared.loss import weight
+    from shared.process import make
+
+    nm = torch.arange(9)[None] < torch.tensor([[3]])
+    X, E = torch.zeros(1, 9, 8), torch.zeros(1, 9, 9, 4)
+    X[0, :3] = 1.0  # every present node entry 1, every pair entry 0: nodes 24 entries, pairs 3 * 4 = 12
+    x = pack(X, E)
+    assert torch.allclose(MolGraphSpace(nm, 8, 4).mean(x).double(), torch.tensor([24 / 36], dtype=torch.float64))
+    sp = MolGraphSpace(nm, 8, 4, node_weight=4.0)
+    assert torch.allclose(sp.mean(x).double(), torch.tensor([4 * 24 / (4 * 24 + 12)], dtype=torch.float64))
+    assert torch.equal(sp.sum(x), MolGraphSpace(nm, 8, 4).sum(x))  # only the mean is weighted
+    with pytest.raises(ConfigError, match="node_weight"):
+        C.GraphConfig(node_weight=0.0)
+    proc = make("cosine_vp")
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    w = weight(loss_weighting("sigmoid:2"), t, proc, "x0")
+    assert torch.allclose(w, torch.sigmoid(2 - proc.log_snr(t)))
+    assert loss_weighting("simple") == "simple"
+    with pytest.raises(ValueError, match="sigmoid"):
+        loss_weighting("sigmoid:x")
+
+
 def test_valence_features_of_an_exact_graph():
     from molecules.backbones import valence_features
     from molecules.data import mol_to_dense, parse_smiles
