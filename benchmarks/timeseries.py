@@ -80,9 +80,15 @@ def settings(quick: bool, device: str) -> dict:
     """All knobs of a run (recorded in the JSON)."""
     if quick:
         return dict(linear_skip=True, stride=240, gpd_steps=300, gpd_batch=128, hidden=256, depth=3, fc_steps=20, samples=8,
+                    antithetic=True, noise_block=0,
                     scale_candidates=SCALE_CANDIDATES, val_stride=480, val_m4_series=60, val_samples=8, m4_series=60, m4_samples=16, dlinear_epochs=2, deepar_epochs=1, batches_per_epoch=25,
                     device=device)
-    return dict(linear_skip=True, stride=16, gpd_steps=3000, gpd_batch=128, hidden=256, depth=3, fc_steps=30, samples=32,
+    # Every ETTh1 test window (stride 1: 2,785 windows x 7 channels). Sampling chosen on validation
+    # (ETTh1 val span for the ETTh1 model, M4-hourly training tails for the M4+ILI model; see
+    # the README): antithetic pairs, 8 samples, 15 DDPM steps for the ETTh1 model (val MSE 0.712
+    # vs 0.736 for 32 plain samples x 30 steps, at 1/7 of the cost); 30 steps for the M4+ILI model.
+    return dict(linear_skip=True, stride=1, gpd_steps=3000, gpd_batch=128, hidden=256, depth=3, fc_steps=15, samples=8,
+                antithetic=True, noise_block=0, zs_fc_steps=30,
                 scale_candidates=SCALE_CANDIDATES, val_stride=48, val_m4_series=414, val_samples=16, in_domain_stride=1, in_domain_max_per_series=None, m4_series=414, m4_samples=M4_SAMPLES, dlinear_epochs=20, deepar_epochs=50, batches_per_epoch=50,
                 device=device)
 
@@ -254,23 +260,27 @@ def main(argv=None) -> int:
     res["gpd_train_seconds"], res["gpd_forecast_seconds"] = t_in, t_fc
     n_rows = hist.shape[0]
     res["gpd_forecast_seconds_per_1000_windows"] = t_fc / n_rows * 1000
+    res["gpd_forecast_cpu_seconds_per_1000_windows"] = c_fc / n_rows * 1000
     rows.append((f"ours GPD in-domain ({cfg_in.forecast.method}, {cfg_in.forecast.solver} "
                  f"{cfg_in.forecast.steps} steps, {cfg_in.forecast.num_samples} samples)",
                  m["mse"], m["mae"], None, None, t_in, t_fc))
     log(f"  ours in-domain: MSE {m['mse']:.4f} MAE {m['mae']:.4f} ({t_fc:.0f}s forecast)")
 
     cfg_zs = gpd_config(s, ("m4_hourly", "ili"))
+    if s.get("zs_fc_steps"):  # the M4+ILI model's step count (chosen on M4 training tails)
+        cfg_zs = apply_overrides(cfg_zs, {"forecast.steps": s["zs_fc_steps"]})
     m_zs, t_zs, c_zs = train_gpd(cfg_zs, log)
     m4_train, m4_test, H4 = load_m4_hourly()
     g_zs, res["m4h_val_mase_by_scale"] = select_scale_m4(m_zs, cfg_zs, m4_train, H4, s, log, "M4+ILI model")
     cfg_zs = apply_overrides(cfg_zs, {"forecast.guidance_scale": g_zs})
     res["guidance_scale_m4_ili_model"] = g_zs
-    smp_zs, t_fc_zs, _ = gpd_forecast(m_zs, cfg_zs, hist, H)
+    smp_zs, t_fc_zs, c_fc_zs = gpd_forecast(m_zs, cfg_zs, hist, H)
     mz = forecast_metrics(smp_zs, fut)
     res["etth1_zeroshot_mse_h96"], res["etth1_zeroshot_mae_h96"] = mz["mse"], mz["mae"]
     res["etth1_zeroshot_median_mse_h96"] = mz["median_mse"]
     res["gpd_zeroshot_train_cpu_seconds"] = c_zs
     res["gpd_zeroshot_train_seconds"] = t_zs
+    res["gpd_zeroshot_forecast_seconds"], res["gpd_zeroshot_forecast_cpu_seconds"] = t_fc_zs, c_fc_zs
     log(f"  ours zero-shot: ETTh1 MSE {mz['mse']:.4f} MAE {mz['mae']:.4f}")
 
     from gluonts.torch.model.d_linear import DLinearEstimator
