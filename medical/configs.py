@@ -184,12 +184,13 @@ def default() -> MedicalConfig:
     (``geo_rbf=32``) and a geometry path to the class logits from each stage's output box
     (``geo_cls``): the tooth number is a function of the position along the arch, and without
     them the head numbered only 66 % of the teeth it had found right (benchmark setting:
-    tooth AP 0.32 -> 0.54, aggregate 0.485 -> 0.59 at 1 sampling step)."""
+    tooth AP 0.32 -> 0.54, aggregate 0.485 -> 0.59 at 1 sampling step). GIoU weight 4 (loss and
+    matching cost; 2 before): tighter boxes, same setting 0.59 -> 0.71 at 1 step."""
     return MedicalConfig(
         data=DataConfig(n_train=96, n_val=8, n_test=16, image_size=(256, 128)),
         model=ModelConfig(num_stages=3, num_proposals=64, box_prior=PHANTOM_BOX_PRIOR, geo_fourier=4, geo_rbf=32,
                           geo_cls=True),
-        loss=LossConfig(match_k=3, match_dynamic=True, match_center=2.5, pad_repeat=0.25),
+        loss=LossConfig(w_giou=4.0, match_k=3, match_dynamic=True, match_center=2.5, pad_repeat=0.25),
         train=TrainConfig(steps=300, batch_size=4, lr=1e-3, warmup_steps=20, lr_schedule="cosine",
                           ema_decay=0.99, log_every=10, grad_clip=1.0))
 
