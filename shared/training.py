@@ -491,7 +491,7 @@ class Trainer:
                     break
                 if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step != cfg.steps):
                     self.save(self.step)
-            if cfg.max_seconds > 0 and self.step < min(cfg.warmup_steps, cfg.steps):
+            if cfg.max_seconds > 0 and budget.elapsed >= cfg.max_seconds and self.step < cfg.warmup_steps:
                 warnings.warn(f"train.max_seconds={cfg.max_seconds:g} ran out at step {self.step}, inside the "
                               f"{cfg.warmup_steps}-step LR warm-up: the LR never reached its peak; use fewer "
                               "warm-up steps for this budget")
