@@ -23,6 +23,15 @@ __all__ = ["DataConfig", "GraphConfig", "PredictorConfig", "SmilesConfig", "Mole
 RDKIT_DESCRIPTORS: tuple[str, ...] = ("logp", "mol_wt", "tpsa", "qed", "n_heavy")
 
 
+def _check_weighting(part: str, weighting: str) -> None:
+    from shared.loss import check_weighting
+
+    try:
+        check_weighting(weighting)
+    except ValueError as e:
+        raise ConfigError(f"{part}.weighting: {e}") from None
+
+
 def _check_objective(part: str, objective: str, simplex: bool) -> None:
     if objective not in ("mse", "ce"):
         raise ConfigError(f"{part}.objective={objective!r} is not one of ['mse', 'ce']")
@@ -70,7 +79,7 @@ class GraphConfig:
     ``shared.loss.diffusion_loss(objective="ce")``; needs ``simplex=True``). ``node_weight``:
     weight of each atom's loss entries relative to each atom pair's (``MolGraphSpace.node_weight``;
     1 = plain mean over entries, where the n (n - 1) / 2 pairs outnumber the n atoms).
-    ``weighting``: a ``shared.loss`` weighting name or ``"sigmoid:<b>"`` (``task.loss_weighting``)."""
+    ``weighting``: a ``shared.loss.weight`` name (``"sigmoid:<b>"`` included)."""
 
     hidden: int = 128
     edge_hidden: int = 64
@@ -94,6 +103,7 @@ class GraphConfig:
         if self.simplex and self.prediction != "x0":
             raise ConfigError(f"graph.simplex=True is an x0 head; it needs graph.prediction='x0', got {self.prediction!r}")
         _check_objective("graph", self.objective, self.simplex)
+        _check_weighting("graph", self.weighting)
 
 
 @dataclass(frozen=True)
@@ -145,6 +155,7 @@ class SmilesConfig:
         if not 0.0 <= self.self_condition <= 1.0:
             raise ConfigError(f"smiles.self_condition={self.self_condition} must be a probability in [0, 1]")
         _check_objective("smiles", self.objective, self.simplex)
+        _check_weighting("smiles", self.weighting)
 
 
 @dataclass(frozen=True)

@@ -58,25 +58,6 @@ PARTS: tuple[str, ...] = ("graph", "predictor", "smiles")
 # --------------------------------------------------------------------------- model
 
 
-def loss_weighting(name: str):
-    """The time weighting handed to ``shared.loss.diffusion_loss``: a kernel name
-    (``shared.loss.WEIGHTINGS``), or ``"sigmoid:<b>"``: ``w(lambda) = sigmoid(b - lambda)`` on the
-    x0 scale (the shape of Kingma & Gao 2023's sigmoid weighting, applied here to the x0 loss):
-    weight ~1 at high noise, falling off once the log-SNR passes ``b`` (less weight on nearly
-    clean inputs)."""
-    if isinstance(name, str) and name.startswith("sigmoid:"):
-        try:
-            b = float(name.split(":", 1)[1])
-        except ValueError:
-            raise ValueError(f"weighting {name!r}: expected 'sigmoid:<number>'") from None
-        return functools.partial(_sigmoid_weight, b=b)
-    return name
-
-
-def _sigmoid_weight(lam: Tensor, b: float) -> Tensor:
-    return torch.sigmoid(b - lam)
-
-
 class MoleculeModel(nn.Module):
     """The three networks of the domain plus what sampling needs.
 
@@ -167,7 +148,7 @@ class MoleculeModel(nn.Module):
             lspace = space if cfg.graph.node_weight == 1.0 else \
                 MolGraphSpace(nm, K_ATOMS, C_BONDS, node_weight=cfg.graph.node_weight)
             loss = loss + diffusion_loss(self.graph, x0, space=lspace, generator=g,
-                                         weighting=loss_weighting(cfg.graph.weighting),
+                                         weighting=cfg.graph.weighting,
                                          time_sampler=cfg.graph.time_sampler,
                                          self_condition=cfg.graph.self_condition, objective=cfg.graph.objective,
                                          node_mask=nm)
@@ -185,7 +166,7 @@ class MoleculeModel(nn.Module):
             cond = {"y": y, "mask": subset & known}
             cond = drop_condition(cond, cfg.smiles.cond_drop, generator=g, null={"y": 0.0, "mask": False})
             loss = loss + diffusion_loss(self.smiles, seq, cond=cond, generator=g,
-                                         weighting=loss_weighting(cfg.smiles.weighting),
+                                         weighting=cfg.smiles.weighting,
                                          self_condition=cfg.smiles.self_condition,
                                          objective=cfg.smiles.objective)
         return loss

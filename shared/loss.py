@@ -21,7 +21,7 @@ from .process import DiscreteVP, NoiseProcess, check_t
 from .spaces import Space, randn
 
 __all__ = [
-    "TIME_SAMPLERS", "WEIGHTINGS", "sample_t", "LossAwareSampler", "target_units_factor",
+    "TIME_SAMPLERS", "WEIGHTINGS", "check_weighting", "sample_t", "LossAwareSampler", "target_units_factor",
     "weight", "q_sample", "diffusion_loss", "flow_matching_loss", "drop_condition",
 ]
 
@@ -143,6 +143,9 @@ def weight(name: str | Callable, t: Tensor, process: NoiseProcess, prediction: s
     * ``edm`` — ``(k^2 + sd^2) / (k sd)^2`` on the x0 scale, ``k = sigma / alpha`` (Karras 2022);
     * ``likelihood`` — ``-0.5 dlam/dt snr`` on the x0 scale: with t ~ U(0, 1) the loss is the
       continuous-time diffusion ELBO term in nats (Kingma et al. 2021, eq. 17);
+    * ``sigmoid:<b>`` (e.g. ``"sigmoid:2"``) — ``sigmoid(b - lam)`` on the x0 scale: the shape of
+      Kingma & Gao's (2023) sigmoid weighting, ~1 at high noise, falling off once the log-SNR
+      passes ``b``;
     * a callable ``w(lam) -> [B]`` on the x0 scale.
     """
     if name == "simple":
@@ -160,10 +163,29 @@ def weight(name: str | Callable, t: Tensor, process: NoiseProcess, prediction: s
     elif name == "likelihood":
         dlam = process._ddt(process.log_snr, t)
         w0 = -0.5 * dlam * torch.exp(lam)
+    elif isinstance(name, str) and name.startswith("sigmoid:"):
+        w0 = torch.sigmoid(_sigmoid_bias(name) - lam)
     else:
-        raise ValueError(f"unknown weighting {name!r}; choose one of {', '.join(WEIGHTINGS)}")
+        raise ValueError(f"unknown weighting {name!r}; choose one of {', '.join(WEIGHTINGS)} or 'sigmoid:<b>'")
     w = w0 / target_units_factor(prediction, t, process, sigma_data)
     return torch.where(torch.isfinite(w), w, torch.zeros_like(w))
+
+
+def _sigmoid_bias(name: str) -> float:
+    try:
+        return float(name.split(":", 1)[1])
+    except ValueError:
+        raise ValueError(f"weighting {name!r}: expected 'sigmoid:<number>', e.g. 'sigmoid:2'") from None
+
+
+def check_weighting(name: str | Callable) -> None:
+    """Raise ``ValueError`` naming the problem if ``name`` is not a weighting :func:`weight` takes."""
+    if callable(name) or name in WEIGHTINGS:
+        return
+    if isinstance(name, str) and name.startswith("sigmoid:"):
+        _sigmoid_bias(name)
+        return
+    raise ValueError(f"unknown weighting {name!r}; choose one of {', '.join(WEIGHTINGS)} or 'sigmoid:<b>'")
 
 
 def _target(prediction, x0, eps, x_t, t, process, space, sigma_data):

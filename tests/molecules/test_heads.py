@@ -108,11 +108,8 @@ def test_cross_entropy_objective_config_and_loss():
     assert not torch.allclose(losses["mse", "smiles"], losses["ce", "smiles"])
 
 
-def test_node_weight_and_sigmoid_weighting():
+def test_node_weight():
     from molecules.space import MolGraphSpace, pack
-    from molecules.task import loss_weighting
-    from shared.loss import weight
-    from shared.process import make
 
     nm = torch.arange(9)[None] < torch.tensor([[3]])
     X, E = torch.zeros(1, 9, 8), torch.zeros(1, 9, 9, 4)
@@ -124,13 +121,9 @@ def test_node_weight_and_sigmoid_weighting():
     assert torch.equal(sp.sum(x), MolGraphSpace(nm, 8, 4).sum(x))  # only the mean is weighted
     with pytest.raises(ConfigError, match="node_weight"):
         C.GraphConfig(node_weight=0.0)
-    proc = make("cosine_vp")
-    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
-    w = weight(loss_weighting("sigmoid:2"), t, proc, "x0")
-    assert torch.allclose(w, torch.sigmoid(2 - proc.log_snr(t)))
-    assert loss_weighting("simple") == "simple"
-    with pytest.raises(ValueError, match="sigmoid"):
-        loss_weighting("sigmoid:x")
+    with pytest.raises(ConfigError, match="graph.weighting"):
+        C.GraphConfig(weighting="sigmoid:x")
+    C.GraphConfig(weighting="sigmoid:2")  # the kernel's sigmoid weighting is accepted
 
 
 def test_valence_features_of_an_exact_graph():

@@ -150,6 +150,21 @@ def test_loss_weighting_is_parameterisation_invariant(pred):
     assert torch.allclose(loss, (delta**2).mean(1), rtol=1e-8)
 
 
+def test_sigmoid_weighting():
+    proc = P.CosineVP()
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    w = L.weight("sigmoid:2", t, proc, "x0")
+    assert torch.allclose(w, torch.sigmoid(2 - proc.log_snr(t)), rtol=1e-12)
+    # same x0-scale weight under another parameterisation: divided by its units factor (eps: snr)
+    assert torch.allclose(L.weight("sigmoid:2", t, proc, "eps"), w / torch.exp(proc.log_snr(t)), rtol=1e-10)
+    L.check_weighting("sigmoid:-1.5")
+    for bad in ("sigmoid:x", "sigmoid", "snr"):
+        with pytest.raises(ValueError):
+            L.check_weighting(bad)
+        with pytest.raises(ValueError):
+            L.weight(bad, t, proc, "x0")
+
+
 def test_categorical_cross_entropy_objective():
     """objective='ce' on +-1 one-hots with a 2 softmax - 1 head is the mean over positions of
     -log p(true class), divided by the number of classes (elementwise form over all entries)."""
