@@ -5,8 +5,8 @@
 # DOMAINS: comma list of molecules, medical, timeseries, imaging (default: all four). Budgets
 # (seconds, each run's own --budget; the timeout adds start-up slack): molecules 300 (its graph
 # model is still improving with steps), medical 150, timeseries 265 (at 140 s the clock left its
-# zero-shot model 92 training steps: ETTh1 MSE 0.591 vs 0.439 with 3,000 at 265 s), imaging 100 -- about 14 minutes for
-# all four, so a 10-minute device command takes two. Logs and JSON go to
+# zero-shot model 92 training steps: ETTh1 MSE 0.591 vs 0.439 with 3,000 at 265 s), imaging 100:
+# about 14 minutes for all four, so a 10-minute device command takes two. Logs and JSON go to
 # OUT_DIR (<domain>_gpu.log / .json).
 set -u
 OUT_DIR=${1:?usage: gpu_all.sh OUT_DIR [DOMAINS]}
