@@ -111,7 +111,15 @@ class GPDPredictor(Predictor):
         multivariate ``[C, T]`` targets), in dataset order.
 
         Each window's samples depend only on ``seed``, its key (``item_id`` and forecast start;
-        see :meth:`_window_key`) and its own history, not on the other entries or the batching."""
+        see :meth:`_window_key`) and its own history, not on the other entries or the batching.
+
+        gluonts' ``SampleForecast.quantile(q)`` (what ``Evaluator`` scores, e.g. MASE on the 0.5
+        quantile) is one order statistic, index ``round((S - 1) q)``: with an even ``num_samples``
+        its "median" is the upper of the two middle samples. With ``antithetic`` pairs (nearly
+        symmetric about a common centre) that is always the centre plus the smallest pair
+        half-spread, an upward error that shrinks only like ``1 / S``; an odd count makes it the
+        sample median (M4-hourly validation MASE 1.258 with 64 samples, 1.248 with 65, 1.236 for
+        the exact median)."""
         n = num_samples or self.forecast_config.num_samples
         batch: list[dict] = []
         first = 0
