@@ -98,8 +98,10 @@ def bench_config(quick: bool):
 #: 0.796 at 3000; whole benchmark, 1000 samples: 0.869 at 6500, 0.888 at 8000; graph only, 12000
 #: steps: 0.907 / 0.901 on two sampling seeds, Euler ancestral Karras 50), gets more of them than
 #: the other two. The default run is sized for ONE dedicated core (wall ~ CPU time, < 30 min): a
-#: graph step costs 0.062-0.069 CPU s, the rest of the run (SMILES and forward models, the
-#: independent scorer, sampling, RDKit) ~900 CPU s, so 10000 steps put the run near 1500 CPU s.
+#: graph step costs 0.062-0.070 CPU s; with 10000 steps the whole default run measured 1670 s wall
+#: / 1660 CPU s (graph 696 s, SMILES 356 s, forward 227 s, independent scorer 142 s, guided graph
+#: sampling 63 s, headline PC sampling 69 s): under the limit, over the 25-minute aim. Each 1000
+#: graph steps fewer saves ~70 s.
 GRAPH_STEPS = {"default": 10000, "quick": 150}
 
 
