@@ -213,7 +213,11 @@ class PropertyGuidance:
     """Predictor guidance for the graph model toward target properties (raw units, e.g.
     ``{"gap": 0.25}`` Hartree, or per-sample tensors ``[n]``). ``scale`` multiplies the gradient
     of the energy ``sum_p (f_p(x0_hat) - y_p)^2`` (scaled units) through the denoiser
-    (``shared.guidance.energy``); ``interval`` restricts it to ``(t_lo, t_hi)``."""
+    (``shared.guidance.energy``); ``interval`` restricts it to ``(t_lo, t_hi)``. The effect grows
+    with the number of sampling steps as well as with ``scale``: on validation gap targets (QM9
+    sample, benchmark recipe) R² / validity were 0.37 / 0.70 at the default scale with 50 DDPM
+    steps and 0.86 / 0.73 at scale 1000 with 150 steps, the setting ``benchmarks/molecules.py``
+    uses; larger scales trade validity for R²."""
 
     targets: Mapping[str, Any]
     scale: float = 200.0
