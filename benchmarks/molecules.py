@@ -127,14 +127,11 @@ def _graph_solver(spec: dict):
     return solvers.make(spec["solver"], **spec.get("solver_kw", {}))
 
 
-def _nfe(spec: dict) -> int:
-    """Denoiser evaluations of one sample (the predictor-corrector has no corrector on its last
-    step, to t = 0; Heun none after its last)."""
+def _nfe(spec: dict, process) -> int:
+    """Denoiser evaluations of one sample (``shared.sample.count_nfe``)."""
     from shared.sample import count_nfe
 
-    solver = _graph_solver(spec)
-    n = count_nfe(solver, spec["steps"])
-    return n - getattr(solver, "n_corrector", 0) if spec["solver"] == "pc" else n
+    return count_nfe(_graph_solver(spec), spec["steps"], process=process)
 
 
 #: predictor guidance of the graph model toward the gap targets (CPU default / quick runs):
@@ -268,7 +265,7 @@ def main(argv=None) -> dict:
              {"solver": "ddpm", "grid": "uniform", "steps": steps}, {"solver": "ddim", "grid": "uniform", "steps": steps}]
     if quick:
         sweep = sweep[:2]
-    res["graph_sampler"] = dict(GRAPH_SAMPLER, nfe=_nfe(GRAPH_SAMPLER))
+    res["graph_sampler"] = dict(GRAPH_SAMPLER, nfe=_nfe(GRAPH_SAMPLER, model.process))
     res["graph_sweep"] = []
     for i, spec in enumerate(sweep):
         solver = _graph_solver(spec)
@@ -279,7 +276,7 @@ def main(argv=None) -> dict:
         ev = task.evaluate(s, data) if i == 0 else {k: v for k, v in validity_report(
             s.mols, data.extra["train_smiles"]).items()}
         row = {"solver": spec["solver"], "solver_kw": spec.get("solver_kw", {}), "grid": spec["grid"],
-               "steps": spec["steps"], "nfe": _nfe(spec),
+               "steps": spec["steps"], "nfe": _nfe(spec, model.process),
                "wall_s_per_1000": 1000 * dt / n_graph, "cpu_s_per_1000": 1000 * dc / n_graph, **ev}
         res["graph_sweep"].append(row)
         if i == 0:

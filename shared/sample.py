@@ -160,9 +160,15 @@ def invert(denoise: Callable[[Tensor, Tensor], Tensor], x0: Tensor, grid: Tensor
     return _integrate(denoise, x0, g.flip(0), solver, process, space, (), None, None, progress)
 
 
-def count_nfe(solver: Solver, steps: int) -> int:
-    """Model evaluations of ``steps`` steps ending at sigma = 0 (Heun's last step costs 1)."""
+def count_nfe(solver: Solver, steps: int, *, process: NoiseProcess | None = None) -> int:
+    """Model evaluations of ``steps`` steps of a grid ending at t = 0 (Heun's last step costs 1).
+    The predictor-corrector runs no corrector where sigma(t_next) = 0: pass ``process`` to check
+    that (a truncated schedule such as ``CosineVP`` still has sigma(0) > 0, so its last step is
+    corrected too); without it sigma(0) = 0 is assumed."""
     n = solver.nfe_per_step * steps
-    if getattr(solver, "name", "") == "heun":
+    name = getattr(solver, "name", "")
+    if name == "heun":
         n -= 1
+    elif name == "pc" and (process is None or float(process.sigma(torch.zeros((), dtype=torch.float64))) == 0.0):
+        n -= solver.n_corrector
     return n

@@ -111,6 +111,28 @@ def test_stochastic_solvers_reproduce_the_law(name, kw, steps, grid_name):
     _two_sample_ok(x, ref)
 
 
+@pytest.mark.parametrize("proc", [P.CosineVP(), P.EDM()], ids=["cosine_vp", "edm"])
+@pytest.mark.parametrize("name,kw", [("ddpm", {}), ("heun", {}), ("dpmpp_2m", {}), ("pc", {"n_corrector": 1}),
+                                     ("pc", {"n_corrector": 2})])
+def test_count_nfe_matches_the_denoiser_calls(name, kw, proc):
+    from shared.sample import count_nfe
+
+    D = two_d_mixture().denoiser(proc)
+    calls = []
+
+    def counting(x, t):
+        calls.append(1)
+        return D(x, t)
+
+    steps = 7
+    grid = G.make("uniform", steps, process=proc)
+    x_T = prior((4, 2), process=proc, t=float(grid[0]), generator=torch.Generator().manual_seed(0), dtype=F64)
+    solver = S.make(name, **kw)
+    sample(counting, x_T, grid, solver, process=proc, generator=torch.Generator().manual_seed(1))
+    # CosineVP is truncated (sigma(0) = 6e-4 > 0), so the predictor-corrector also corrects its last step
+    assert len(calls) == count_nfe(solver, steps, process=proc)
+
+
 def test_statelessness_interleaved_equals_sequential():
     proc = P.CosineVP()
     gm = two_d_mixture()
