@@ -30,7 +30,9 @@ networks are trained one after another (``MoleculesTask.train_separately``), eac
 ``train.max_seconds`` (graph model 38 % of the budget, SMILES model 14 %, forward model 9 %);
 the QM9-133k novelty reference, the DES part and the null-model anchor run meanwhile in two CPU
 worker processes; the sampling sections run in order of importance and a section that would
-overrun the budget is skipped (its key says so). The JSON is rewritten after every section, so a run stopped from
+overrun the budget is skipped (its key says so). The samplers are the CPU run's (``GRAPH_SAMPLER``
+headline, ``GRAPH_GUIDANCE`` for the guided samples, which an independent forward model trained
+for the guiding one's time budget grades too). The JSON is rewritten after every section, so a run stopped from
 outside still leaves its figures. ``--device cpu --smoke`` runs the same code path with tiny
 sizes on a CPU in about a minute.
 
@@ -146,14 +148,14 @@ GRAPH_GUIDANCE = {"default": {"scale": 1000.0, "steps": 150, "scorer_steps": 300
                   "quick": {"scale": 1000.0, "steps": 50, "scorer_steps": 150}}
 
 
-def _independent_scorer(task, cfg, model, data, steps: int):
+def _independent_scorer(task, cfg, model, data, tcfg):
     """A second forward model, trained like the guiding one but from another seed (its own
-    initialisation, data order and noise), to score guided samples. Returns (model, train info)."""
+    initialisation, data order and noise; ``tcfg``: its TrainConfig, seed included), to score
+    guided samples. Returns (model, train info)."""
     scorer = task.build(cfg)
     scorer.load_state_dict(model.state_dict())  # scaler and atom-count buffers; the predictor is re-initialised below
-    fresh = task.build(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=cfg.train.seed + 1)))
+    fresh = task.build(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=tcfg.seed)))
     scorer.predictor.load_state_dict(fresh.predictor.state_dict())
-    tcfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 1, steps=steps)
     scorer, info = task.train_separately(cfg, scorer, data, {"predictor": tcfg})
     return scorer, info["predictor"]
 
@@ -344,7 +346,8 @@ def main(argv=None) -> dict:
     res["graph_guided_r2_gap"], res["graph_guided_mae_gap"] = evg["cond_r2_gap"], evg["cond_mae_gap"]
     res["graph_guided_validity"] = evg["validity"]
     res["graph_guided_n_scored"] = int(np.isfinite(gs.pred[:, j].numpy()).sum())
-    scorer, s_info = _independent_scorer(task, cfg, model, data, gspec["scorer_steps"])
+    scorer, s_info = _independent_scorer(task, cfg, model, data, dataclasses.replace(
+        cfg.train, seed=cfg.train.seed + 1, steps=gspec["scorer_steps"]))
     res["scorer_train"] = s_info
     r = regression_metrics(gap_t.numpy(), predict_properties(scorer, gs.mols)[:, j].numpy())
     res["graph_guided_r2_gap_independent"], res["graph_guided_mae_gap_independent"] = r["r2"], r["mae"]
@@ -586,15 +589,16 @@ def _run_gpu_sections(args, res, dev, smoke, budget, left, log, save, section, j
         return True
 
     # ---- 1. graph model, unconditional (headline: Euler ancestral on a Karras grid)
-    def graph_headline():
-        grid = grids.make("karras", steps, process=model.process)
+    def graph_headline():  # the CPU run's headline sampler, GRAPH_SAMPLER
+        spec = GRAPH_SAMPLER
+        grid = grids.make(spec["grid"], spec["steps"], process=model.process)
+        nfe = _nfe(spec, model.process)
         sync()
         t1 = time.perf_counter()
-        s = sample_graphs(model, n_graph, solver=solvers.make("euler_ancestral"), grid=grid, generator=gen(),
-                          batch_size=bs)
+        s = sample_graphs(model, n_graph, solver=_graph_solver(spec), grid=grid, generator=gen(), batch_size=bs)
         sync()
         dt = time.perf_counter() - t1
-        rate["graph"] = dt / (n_graph * steps)
+        rate["graph"] = dt / (n_graph * nfe)  # seconds per (sample x denoiser evaluation)
         ready = jobs["qm9_all"].ready()
         if ready or left() > 20:
             try:
@@ -604,8 +608,9 @@ def _run_gpu_sections(args, res, dev, smoke, budget, left, log, save, section, j
                 res.setdefault("errors", {})["novelty_qm9"] = f"{type(e).__name__}: {e}"
         ev = task.evaluate(s, data)
         data.extra["novelty_vs_qm9"] = False
-        row = {"solver": "euler_ancestral", "grid": "karras", "steps": steps, "wall_s_per_1000": 1000 * dt / n_graph,
-               **ev}
+        row = {"solver": spec["solver"], "solver_kw": spec.get("solver_kw", {}), "grid": spec["grid"],
+               "steps": spec["steps"], "nfe": nfe, "wall_s_per_1000": 1000 * dt / n_graph, **ev}
+        res["graph_sampler"] = dict(spec, nfe=nfe)
         res["graph_sweep"] = [row]
         res.update({k: ev[k] for k in ("validity", "uniqueness", "novelty", "connectivity", "valid_unique",
                                        "valid_connected", "qed_mean", "sa_mean") if k in ev})
@@ -670,20 +675,40 @@ def _run_gpu_sections(args, res, dev, smoke, budget, left, log, save, section, j
             section("smiles_unconditional_anchor", smiles_uncond_anchor)
 
     # ---- 4. graph model with predictor guidance toward the same targets
-    def graph_guided():
-        gs = sample_graphs(model, len(pick), solver=solver, grid=grid_u, generator=gen(), batch_size=bs,
-                           guidance=PropertyGuidance({"gap": gap_t}))
+    gspec = dict(GRAPH_GUIDANCE["default"], **({"steps": steps} if smoke else {}))
+
+    def graph_guided():  # the CPU run's setting (GRAPH_GUIDANCE): DDPM, its scale and step count
+        g = grids.make("uniform", gspec["steps"], process=model.process)
+        gs = sample_graphs(model, len(pick), solver=solvers.make("ddpm"), grid=g, generator=gen(), batch_size=bs,
+                           guidance=PropertyGuidance({"gap": gap_t}, scale=gspec["scale"]))
         evg = task.evaluate(gs, data)
+        res["graph_guided"] = {"scale": gspec["scale"], "steps": gspec["steps"], "solver": "ddpm", "grid": "uniform"}
         res["graph_guided_r2_gap"], res["graph_guided_mae_gap"] = evg["cond_r2_gap"], evg["cond_mae_gap"]
         res["graph_guided_validity"] = evg["validity"]
         res["graph_guided_n_scored"] = int(np.isfinite(gs.pred[:, j].numpy()).sum())
+        state["guided_mols"] = gs.mols
         if "uncond_graph_pred" in state:
             r = regression_metrics(gap_t.numpy(), state["uncond_graph_pred"][: len(pick), j].numpy())
             res["graph_unguided_r2_gap"], res["graph_unguided_mae_gap"] = r["r2"], r["mae"]
 
+    def independent_scorer():  # another forward model (another seed) grades the guided samples
+        tcfg = dataclasses.replace(plan["predictor"], seed=cfg.train.seed + 1,
+                                   max_seconds=min(plan["predictor"].max_seconds, max(1.0, left() - 15.0)))
+        scorer, info = _independent_scorer(task, cfg, model, data, tcfg)
+        res["scorer_train"] = info
+        r = regression_metrics(gap_t.numpy(), predict_properties(scorer, state["guided_mols"])[:, j].numpy())
+        res["graph_guided_r2_gap_independent"], res["graph_guided_mae_gap_independent"] = r["r2"], r["mae"]
+        fm = regression_metrics(test_tab.props[:, j].numpy(), predict_properties(scorer, test_tab.mols)[:, j].numpy())
+        res["scorer_r2_gap_test"], res["scorer_mae_gap_test"] = fm["r2"], fm["mae"]
+
     # guidance: a backward pass through the predictor and the denoiser at every step (~4x a plain step)
-    if "graph" in rate and fits("graph_guided", "graph", len(pick), factor=4.0, fixed=3.0):
+    if "graph" in rate and fits("graph_guided", "graph", len(pick), factor=4.0 * gspec["steps"] / steps, fixed=3.0):
         section("graph_guided", graph_guided)
+        # the scorer trains for (at most) the guiding forward model's time budget, plus scoring
+        if "guided_mols" in state and (smoke or left() > plan["predictor"].max_seconds + 20):
+            section("graph_guided_independent", independent_scorer)
+        elif "guided_mols" in state:
+            res.setdefault("skipped", {})["graph_guided_independent"] = f"{left():.0f} s left in the budget"
 
     # ---- 5. the marginal null model (ran meanwhile in a CPU worker)
     def null_anchor():
@@ -692,16 +717,16 @@ def _run_gpu_sections(args, res, dev, smoke, budget, left, log, save, section, j
     section("anchor_null_marginals", null_anchor)
 
     # ---- 6. the rest of the solver sweep (DDPM / DDIM on the uniform grid), as time allows
-    for sname in ("ddpm", "ddim"):
-        def sweep_row(sname=sname):
-            g = grids.make("uniform", steps, process=model.process)
+    for sname, gname in (("euler_ancestral", "karras"), ("ddpm", "uniform"), ("ddim", "uniform")):
+        def sweep_row(sname=sname, gname=gname):
+            g = grids.make(gname, steps, process=model.process)
             sync()
             t1 = time.perf_counter()
             s = sample_graphs(model, n_graph, solver=solvers.make(sname), grid=g, generator=gen(), batch_size=bs)
             sync()
             dt = time.perf_counter() - t1
             ev = validity_report(s.mols, data.extra["train_smiles"])
-            res.setdefault("graph_sweep", []).append({"solver": sname, "grid": "uniform", "steps": steps,
+            res.setdefault("graph_sweep", []).append({"solver": sname, "grid": gname, "steps": steps, "nfe": steps,
                                                       "wall_s_per_1000": 1000 * dt / n_graph, **ev})
 
         if "graph" in rate and fits(f"graph_sweep_{sname}", "graph", n_graph, fixed=3.0):
