@@ -630,16 +630,20 @@ def main_gpu(a, device: str) -> int:
         ws = [np.arange(j, W, P) for j in passes]
         return np.concatenate([(w[:, None] * C + np.arange(C)[None, :]).reshape(-1) for w in ws])
 
+    def etth1_val_scale(model, cfg, candidates):
+        """The candidate guidance scale with the lowest ETTh1 validation MSE, and every score."""
+        scores = {}
+        for g in candidates:
+            c = apply_overrides(cfg, {"forecast.guidance_scale": g, "forecast.num_samples": s["val_samples"]})
+            smp, _ = fc_timed(model, c, xv.reshape(-1, L), H, 1)
+            scores[g] = mse(smp.mean(1), yv.reshape(-1, H))
+        return min(scores, key=scores.get), scores
+
     def st_in_domain():
         m_in, cfg_in = gpd_train("gpd", ("etth1",), True, s["share_gpd_in"])
         st["m_in"] = m_in
-        scores = {}
         t0 = time.perf_counter()
-        for g in s["scale_candidates"]:
-            c = apply_overrides(cfg_in, {"forecast.guidance_scale": g, "forecast.num_samples": s["val_samples"]})
-            smp, _ = fc_timed(m_in, c, xv.reshape(-1, L), H, 1)
-            scores[g] = mse(smp.mean(1), yv.reshape(-1, H))
-        best = min(scores, key=scores.get)
+        best, scores = etth1_val_scale(m_in, cfg_in, s["scale_candidates"])
         res["etth1_val_mse_by_scale"], res["guidance_scale_in_domain"] = scores, best
         res["etth1_val_seconds"] = time.perf_counter() - t0
         log(f"  ETTh1 model: validation MSE by guidance scale {scores} -> {best}")
@@ -696,12 +700,7 @@ def main_gpu(a, device: str) -> int:
         res["guidance_scale_m4_ili_model"] = s["m4_guidance_scale"]
         cfg_zs = apply_overrides(cfg_zs, {"forecast.steps": s["zs_fc_steps"]})
         t0 = time.perf_counter()
-        scores = {}
-        for g in s["zs_scale_candidates"]:
-            c = apply_overrides(cfg_zs, {"forecast.guidance_scale": g, "forecast.num_samples": s["val_samples"]})
-            smp, _ = fc_timed(m_zs, c, xv.reshape(-1, L), H, 1)
-            scores[g] = mse(smp.mean(1), yv.reshape(-1, H))
-        g_zs = min(scores, key=scores.get)
+        g_zs, scores = etth1_val_scale(m_zs, cfg_zs, s["zs_scale_candidates"])
         res["etth1_zeroshot_val_mse_by_scale"], res["guidance_scale_zeroshot_etth1"] = scores, g_zs
         res["guidance_scale_zeroshot_chosen_on"] = "ETTh1 validation span"
         res["etth1_zeroshot_val_seconds"] = time.perf_counter() - t0
