@@ -588,7 +588,7 @@ def _run_gpu_sections(args, res, dev, smoke, budget, left, log, save, section, j
             return False
         return True
 
-    # ---- 1. graph model, unconditional (headline: Euler ancestral on a Karras grid)
+    # ---- 1. graph model, unconditional (headline: GRAPH_SAMPLER, as in the CPU run)
     def graph_headline():  # the CPU run's headline sampler, GRAPH_SAMPLER
         spec = GRAPH_SAMPLER
         grid = grids.make(spec["grid"], spec["steps"], process=model.process)
@@ -716,7 +716,7 @@ def _run_gpu_sections(args, res, dev, smoke, budget, left, log, save, section, j
 
     section("anchor_null_marginals", null_anchor)
 
-    # ---- 6. the rest of the solver sweep (DDPM / DDIM on the uniform grid), as time allows
+    # ---- 6. the rest of the solver sweep (Euler ancestral on a Karras grid, DDPM / DDIM on the uniform grid), as time allows
     for sname, gname in (("euler_ancestral", "karras"), ("ddpm", "uniform"), ("ddim", "uniform")):
         def sweep_row(sname=sname, gname=gname):
             g = grids.make(gname, steps, process=model.process)
