@@ -196,7 +196,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="small models, 4k molecules, < 2 minutes")
     ap.add_argument("--json", required=True, help="where to write the results")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a busy CPU)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seeds training, sampling and the target picks (0: the committed runs)")
     ap.add_argument("--steps", type=int, default=None,
                     help="override the training steps of the SMILES and forward models (and of the graph "
                          "model unless --graph-steps is given)")
@@ -238,6 +238,8 @@ def main(argv=None) -> dict:
     n_graph, n_cond = (200, 100) if quick else (1000, 500)
     task = MoleculesTask()
     cfg = bench_config(quick)
+    # --seed also seeds training (initialisation, data order, noise); 0 is the recipe's own seed
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=args.seed))
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=args.steps))
     plan = train_plan(cfg, quick, args.graph_steps if args.graph_steps is not None else args.steps)
