@@ -124,6 +124,7 @@ def gpd_config(s: dict, train_on: tuple[str, ...], in_domain: bool = False):
         "forecast.steps": s["fc_steps"], "forecast.num_samples": s["samples"],
         "data.max_per_series": cap, "model.linear_skip": s.get("linear_skip", True),
         "forecast.antithetic": s.get("antithetic", False), "forecast.noise_block": s.get("noise_block", 1),
+        "train.seed": s.get("seed", 0),
     })
 
 
@@ -156,7 +157,7 @@ def select_scale_ltsf(model, cfg, hist, fut, s, log, what):
     scores = {}
     for g in s["scale_candidates"]:
         c = apply_overrides(cfg, {"forecast.guidance_scale": g, "forecast.num_samples": s["val_samples"]})
-        smp, _, _ = gpd_forecast(model, c, hist, fut.shape[1], seed=1)
+        smp, _, _ = gpd_forecast(model, c, hist, fut.shape[1], seed=s.get("seed", 0) + 1)
         scores[g] = mse(smp.mean(1), fut)
     best = min(scores, key=scores.get)
     log(f"  {what}: validation MSE by guidance scale {scores} -> {best}")
@@ -174,7 +175,7 @@ def select_scale_m4(model, cfg, m4_train, H, s, log, what):
     scores = {}
     for g in s["scale_candidates"]:
         fc = apply_overrides(cfg, {"forecast.guidance_scale": g}).forecast
-        pred = GPDPredictor(model, H, forecast=fc, seed=1)
+        pred = GPDPredictor(model, H, forecast=fc, seed=s.get("seed", 0) + 1)
         fi, ti = make_evaluation_predictions(val, predictor=pred, num_samples=s["val_samples"])
         agg, _ = ev(ti, fi, num_series=len(val))
         scores[g] = float(agg["MASE"])
@@ -218,6 +219,8 @@ def main(argv=None) -> int:
                    help="default (the CPU run), quick (= --quick) or gpu (fixed wall-clock budget, every window)")
     p.add_argument("--budget", type=float, default=None, help="--preset gpu: seconds for the whole run (120)")
     p.add_argument("--smoke", action="store_true", help="--preset gpu: tiny sizes, to check the code path on CPU")
+    p.add_argument("--seed", type=int, default=0,
+                   help="CPU runs: seeds training (GPD and the gluonts baselines) and sampling (0: the committed runs)")
     a = p.parse_args(argv)
     if a.preset == "quick":
         a.quick = True
@@ -236,9 +239,10 @@ def main(argv=None) -> int:
         s["stride"] = a.stride
     t_start = time.perf_counter()
     log = lambda m: print(m, flush=True)  # noqa: E731
+    s["seed"] = a.seed
     res: dict = {"settings": s, "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor()
                  or "cpu", "torch_threads": torch.get_num_threads()}
-    torch.manual_seed(0)
+    torch.manual_seed(a.seed)
 
     # ---------------- ETTh1, LTSF protocol
     H, L = 96, 336
@@ -268,7 +272,7 @@ def main(argv=None) -> int:
                                                             s, log, "ETTh1 model")
     cfg_in = apply_overrides(cfg_in, {"forecast.guidance_scale": g_in})
     res["guidance_scale_in_domain"] = g_in
-    smp, t_fc, c_fc = gpd_forecast(m_in, cfg_in, hist, H)
+    smp, t_fc, c_fc = gpd_forecast(m_in, cfg_in, hist, H, seed=a.seed)
     m = forecast_metrics(smp, fut)
     res["etth1_mse_h96"], res["etth1_mae_h96"] = m["mse"], m["mae"]  # point forecast: the sample mean
     res["etth1_median_mse_h96"] = m["median_mse"]  # point forecast: the sample median
@@ -306,7 +310,7 @@ def main(argv=None) -> int:
         res["guidance_scale_zeroshot_chosen_on"] = "M4-hourly training tails"
     res["guidance_scale_zeroshot_etth1"] = g_zs
     cfg_zs = apply_overrides(cfg_zs, {"forecast.guidance_scale": g_zs})
-    smp_zs, t_fc_zs, c_fc_zs = gpd_forecast(m_zs, cfg_zs, hist, H)
+    smp_zs, t_fc_zs, c_fc_zs = gpd_forecast(m_zs, cfg_zs, hist, H, seed=a.seed)
     mz = forecast_metrics(smp_zs, fut)
     res["etth1_zeroshot_mse_h96"], res["etth1_zeroshot_mae_h96"] = mz["mse"], mz["mae"]
     res["etth1_zeroshot_median_mse_h96"] = mz["median_mse"]
@@ -360,7 +364,7 @@ def main(argv=None) -> int:
     fc_m4 = apply_overrides(cfg_zs, {"forecast.guidance_scale": g_m4,
                                      "forecast.steps": s.get("m4_fc_steps") or cfg_zs.forecast.steps}).forecast
     res["m4h_guidance_scale"], res["m4h_fc_steps"], res["m4h_samples"] = fc_m4.guidance_scale, fc_m4.steps, s["m4_samples"]
-    gp = GPDPredictor(m_zs, H4, forecast=fc_m4, seed=0)
+    gp = GPDPredictor(m_zs, H4, forecast=fc_m4, seed=a.seed)
     m4_fc: list = []
     c0 = time.process_time()
     agg, t_m4 = m4_eval(gp, s["m4_samples"], keep=m4_fc)
