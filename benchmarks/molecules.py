@@ -149,9 +149,9 @@ GRAPH_GUIDANCE = {"default": {"scale": 1000.0, "steps": 150, "scorer_steps": 300
 
 
 def _independent_scorer(task, cfg, model, data, tcfg):
-    """A second forward model, trained like the guiding one but from another seed (its own
-    initialisation, data order and noise; ``tcfg``: its TrainConfig, seed included), to score
-    guided samples. Returns (model, train info)."""
+    """A second forward model of the same architecture and data as the guiding one but from
+    another seed (its own initialisation, data order and noise; ``tcfg``: its TrainConfig, seed and
+    steps or time budget included), to score guided samples. Returns (model, train info)."""
     scorer = task.build(cfg)
     scorer.load_state_dict(model.state_dict())  # scaler and atom-count buffers; the predictor is re-initialised below
     fresh = task.build(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=tcfg.seed)))
@@ -334,7 +334,7 @@ def main(argv=None) -> dict:
     res["uncond_r2_gap"], res["uncond_mae_gap"], res["uncond_n_scored"] = r["r2"], r["mae"], int(r["n"])
 
     # ---- graph model with predictor guidance toward the same targets (GRAPH_GUIDANCE), scored by
-    # the guiding forward model AND by an independent one (same recipe, another seed), so a
+    # the guiding forward model AND by an independent one (another seed, scorer_steps), so a
     # generator that exploits its own guide's errors cannot grade itself
     gspec = GRAPH_GUIDANCE["quick" if quick else "default"]
     ggrid = grids.make("uniform", gspec["steps"], process=model.process)
