@@ -152,12 +152,15 @@ def gpd_forecast(model, cfg, hist, H, seed=0):
     return s, time.perf_counter() - t0, time.process_time() - c0
 
 
-def select_scale_ltsf(model, cfg, hist, fut, s, log, what):
-    """The candidate guidance scale with the lowest MSE on validation windows ``(hist, fut)``."""
+def select_scale_ltsf(model, cfg, hist, fut, s, log, what, candidates=None, fc=None):
+    """The candidate guidance scale (``candidates``, default ``s["scale_candidates"]``) with the
+    lowest MSE on validation windows ``(hist, fut)``, and every score. ``fc(model, cfg, hist, H,
+    seed) -> samples`` forecasts (default :func:`gpd_forecast`; the GPU mode passes its own)."""
+    fc = fc or (lambda m, c, h, H, seed: gpd_forecast(m, c, h, H, seed=seed)[0])
     scores = {}
-    for g in s["scale_candidates"]:
+    for g in (s["scale_candidates"] if candidates is None else candidates):
         c = apply_overrides(cfg, {"forecast.guidance_scale": g, "forecast.num_samples": s["val_samples"]})
-        smp, _, _ = gpd_forecast(model, c, hist, fut.shape[1], seed=s.get("seed", 0) + 1)
+        smp = fc(model, c, hist, fut.shape[1], s.get("seed", 0) + 1)
         scores[g] = mse(smp.mean(1), fut)
     best = min(scores, key=scores.get)
     log(f"  {what}: validation MSE by guidance scale {scores} -> {best}")
@@ -302,8 +305,8 @@ def main(argv=None) -> int:
         # per-dataset scale: the M4+ILI model's scale on ETTh1 is chosen on the ETTh1 validation span
         # (the model never trained on ETT data; its sampling scale is tuned on ETTh1 validation)
         g_zs, res["etth1_zeroshot_val_mse_by_scale"] = select_scale_ltsf(
-            m_zs, cfg_zs, xv.reshape(-1, L), yv.reshape(-1, H), {**s, "scale_candidates": s["zs_scale_candidates"]},
-            log, "M4+ILI model on ETTh1 validation")
+            m_zs, cfg_zs, xv.reshape(-1, L), yv.reshape(-1, H), s, log, "M4+ILI model on ETTh1 validation",
+            candidates=s["zs_scale_candidates"])
         res["guidance_scale_zeroshot_chosen_on"] = "ETTh1 validation span"
     else:
         g_zs = g_m4
@@ -635,23 +638,17 @@ def main_gpu(a, device: str) -> int:
         ws = [np.arange(j, W, P) for j in passes]
         return np.concatenate([(w[:, None] * C + np.arange(C)[None, :]).reshape(-1) for w in ws])
 
-    def etth1_val_scale(model, cfg, candidates):
-        """The candidate guidance scale with the lowest ETTh1 validation MSE, and every score."""
-        scores = {}
-        for g in candidates:
-            c = apply_overrides(cfg, {"forecast.guidance_scale": g, "forecast.num_samples": s["val_samples"]})
-            smp, _ = fc_timed(model, c, xv.reshape(-1, L), H, 1)
-            scores[g] = mse(smp.mean(1), yv.reshape(-1, H))
-        return min(scores, key=scores.get), scores
+    def etth1_val_scale(model, cfg, candidates, what):
+        return select_scale_ltsf(model, cfg, xv.reshape(-1, L), yv.reshape(-1, H), s, log, what,
+                                 candidates=candidates, fc=lambda *a: fc_timed(*a)[0])
 
     def st_in_domain():
         m_in, cfg_in = gpd_train("gpd", ("etth1",), True, s["share_gpd_in"])
         st["m_in"] = m_in
         t0 = time.perf_counter()
-        best, scores = etth1_val_scale(m_in, cfg_in, s["scale_candidates"])
+        best, scores = etth1_val_scale(m_in, cfg_in, s["scale_candidates"], "ETTh1 model")
         res["etth1_val_mse_by_scale"], res["guidance_scale_in_domain"] = scores, best
         res["etth1_val_seconds"] = time.perf_counter() - t0
-        log(f"  ETTh1 model: validation MSE by guidance scale {scores} -> {best}")
         cfg_in = apply_overrides(cfg_in, {"forecast.guidance_scale": best})
         st["cfg_in"] = cfg_in
         dump()
@@ -705,11 +702,10 @@ def main_gpu(a, device: str) -> int:
         res["guidance_scale_m4_ili_model"] = s["m4_guidance_scale"]
         cfg_zs = apply_overrides(cfg_zs, {"forecast.steps": s["zs_fc_steps"]})
         t0 = time.perf_counter()
-        g_zs, scores = etth1_val_scale(m_zs, cfg_zs, s["zs_scale_candidates"])
+        g_zs, scores = etth1_val_scale(m_zs, cfg_zs, s["zs_scale_candidates"], "M4+ILI model on ETTh1 validation")
         res["etth1_zeroshot_val_mse_by_scale"], res["guidance_scale_zeroshot_etth1"] = scores, g_zs
         res["guidance_scale_zeroshot_chosen_on"] = "ETTh1 validation span"
         res["etth1_zeroshot_val_seconds"] = time.perf_counter() - t0
-        log(f"  M4+ILI model on ETTh1 validation: MSE by guidance scale {scores} -> {g_zs}")
         cfg_zs = apply_overrides(cfg_zs, {"forecast.guidance_scale": g_zs})
         dump()
         done, t_fc = forecast_passes(m_zs, cfg_zs, st["passes"], "ours zero-shot", lambda k, per: 0.25 * budget)
