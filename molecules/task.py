@@ -141,13 +141,12 @@ class MoleculeModel(nn.Module):
         use = set(PARTS if parts is None else parts)
         X, E, nm = encode_dense(batch["atoms"], batch["bonds"], K_ATOMS, C_BONDS)
         x0 = pack(X, E)  # [B, N*K + N*N*C]
-        space = self.space_for(nm)
+        # node_weight only changes the space's mean, the loss reduction (1: the plain mean)
+        space = MolGraphSpace(nm.bool(), K_ATOMS, C_BONDS, node_weight=cfg.graph.node_weight)
         B, dev = x0.shape[0], x0.device
         loss = torch.zeros(B, device=dev)
         if "graph" in use:
-            lspace = space if cfg.graph.node_weight == 1.0 else \
-                MolGraphSpace(nm, K_ATOMS, C_BONDS, node_weight=cfg.graph.node_weight)
-            loss = loss + diffusion_loss(self.graph, x0, space=lspace, generator=g,
+            loss = loss + diffusion_loss(self.graph, x0, space=space, generator=g,
                                          weighting=cfg.graph.weighting,
                                          time_sampler=cfg.graph.time_sampler,
                                          self_condition=cfg.graph.self_condition, objective=cfg.graph.objective,
