@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["mse", "mae", "weighted_quantile_loss", "mean_weighted_quantile_loss", "mase", "coverage",
-           "QUANTILES", "forecast_metrics"]
+           "QUANTILES", "forecast_metrics", "mc_excess_mse"]
 
 QUANTILES = tuple(round(0.1 * i, 1) for i in range(1, 10))
 
@@ -71,6 +71,28 @@ def coverage(samples: np.ndarray, target: np.ndarray, level: float = 0.9) -> flo
     lo = np.quantile(samples, (1 - level) / 2, axis=1)
     hi = np.quantile(samples, (1 + level) / 2, axis=1)
     return float(np.mean((target >= lo) & (target <= hi)))
+
+
+def mc_excess_mse(samples: np.ndarray, antithetic: bool = False) -> float:
+    """Estimated Monte-Carlo part of the sample mean's MSE: ``E||mean_S - y||^2 =
+    E||E[x | history] - y||^2 + tr(Cov(mean_S)) / H``, and this returns the second term per point,
+    the variance of the ``S``-sample mean estimated from the samples themselves (no targets).
+
+    Independent samples: ``mean(var_ddof1) / S``. ``antithetic`` (the layout of
+    :func:`timeseries.forecast.forecast`, rows ``[z; -z]``: sample ``j`` is paired with
+    ``j + S // 2``, ``S`` even, at least 2 pairs): the pair means are independent, so the variance
+    of the mean is ``mean(var_ddof1(pair means)) / (S / 2)``. ``samples: [N, S, H]``."""
+    x = np.asarray(samples, np.float64)
+    if x.ndim != 3:
+        raise ValueError(f"expected samples [N, S, H], got shape {x.shape}")
+    S = x.shape[1]
+    if antithetic:
+        if S % 2 or S < 4:
+            raise ValueError(f"antithetic samples need an even count >= 4 (>= 2 pairs), got {S}")
+        x = 0.5 * (x[:, : S // 2] + x[:, S // 2:])  # [N, S/2, H] independent pair means
+    elif S < 2:
+        raise ValueError("at least 2 samples are needed to estimate their variance")
+    return float(x.var(1, ddof=1).mean() / x.shape[1])
 
 
 def forecast_metrics(samples: np.ndarray, target: np.ndarray, prefix: str = "") -> dict[str, float]:

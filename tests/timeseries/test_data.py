@@ -104,3 +104,33 @@ def test_window_dataset_normalisation():
     s2 = s.copy()
     s2[100] = np.nan
     assert len(WindowDataset([s2], window=64, norm_len=32, stride=1)) == 500 - 64 + 1 - 64
+
+
+def test_mc_excess_mse_estimates_the_variance_of_the_sample_mean():
+    """mc_excess_mse is the variance of the S-sample mean (per point), estimated from one draw:
+    it matches the exact value for independent and for antithetic (mirrored-pair) samples, is
+    exactly 0 for perfectly mirrored pairs, and rejects layouts it cannot estimate."""
+    from timeseries.metrics import mc_excess_mse
+
+    rng = np.random.default_rng(0)
+    N, S, H = 6000, 8, 4
+    c = rng.normal(size=(N, 1, H))
+    iid = c + 0.7 * rng.normal(size=(N, S, H))
+    assert mc_excess_mse(iid) == pytest.approx(0.49 / S, rel=0.05)
+    z = rng.normal(size=(N, S // 2, H))
+    # layout [z; -z]: a pair mean is c + 0.5 z^2, variance 0.25 * 2 = 0.5 per pair mean
+    anti = np.concatenate([c + z + 0.5 * z ** 2, c - z + 0.5 * (-z) ** 2], 1)
+    exact = 0.5 / (S // 2)
+    assert mc_excess_mse(anti, antithetic=True) == pytest.approx(exact, rel=0.05)
+    # the empirical squared error of the mean about its expectation agrees
+    assert np.mean((anti.mean(1) - (c[:, 0] + 0.5)) ** 2) == pytest.approx(exact, rel=0.05)
+    # read as independent samples the same draw looks noisier (the pairs' correlation ignored):
+    # a sample's variance Var(z + z^2 / 2) = 1.5 over S samples, plus the ddof-1 bias of the
+    # pairs' covariance Var(z^2 / 2) - Var(z) = -0.5: (1.5 + 0.5 * S / (S (S - 1))) / S
+    assert mc_excess_mse(anti) == pytest.approx((1.5 + 0.5 / (S - 1)) / S, rel=0.05)
+    assert mc_excess_mse(anti) > 1.4 * exact
+    assert mc_excess_mse(np.concatenate([c + z, c - z], 1), antithetic=True) == pytest.approx(0.0, abs=1e-20)
+    for bad, kw in ((anti[:, :7], {"antithetic": True}), (anti[:, :2], {"antithetic": True}),
+                    (anti[:, :1], {}), (anti[0], {})):
+        with pytest.raises(ValueError):
+            mc_excess_mse(bad, **kw)
