@@ -1,0 +1,47 @@
+"""The timeseries benchmark's model settings reach the right GPD model (fast: configs only)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("ts_bench", ROOT / "benchmarks" / "timeseries.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_default_run_settings_reach_the_right_model(bench):
+    s = bench.settings(False, "cpu")
+    cin = bench.gpd_config(s, ("etth1",), in_domain=True)
+    czs = bench.gpd_config(s, ("m4_hourly", "ili"))
+    assert cin.model.norm_len == czs.model.norm_len == bench.NORM_LEN == 336
+    # the ETTh1 model's learning rate and dropout; the M4+ILI model keeps the preset's
+    assert (cin.train.lr, cin.model.dropout) == (bench.IN_DOMAIN_LR, bench.IN_DOMAIN_DROPOUT)
+    assert (czs.train.lr, czs.model.dropout) == (1e-3, 0.0)
+    assert cin.data.stride == 1 and czs.data.stride == 2
+    # the quick run: same normalisation, preset learning rate and no dropout
+    q = bench.settings(True, "cpu")
+    cq = bench.gpd_config(q, ("etth1",), in_domain=True)
+    assert (cq.model.norm_len, cq.train.lr, cq.model.dropout) == (336, 1e-3, 0.0)
+    # the GPU mode follows the CPU run
+    g = bench.gpu_settings(120.0, True, "cpu")
+    gin = bench.gpu_gpd_config(g, ("etth1",), True, 10.0)
+    gzs = bench.gpu_gpd_config(g, ("m4_hourly", "ili"), False, 10.0)
+    assert (gin.model.norm_len, gin.train.lr, gin.model.dropout) == (336, bench.IN_DOMAIN_LR, bench.IN_DOMAIN_DROPOUT)
+    assert (gzs.model.norm_len, gzs.train.lr, gzs.model.dropout) == (336, g["gpd_lr"], g["dropout"])
+
+
+def test_mc_excess_of_the_benchmark_needs_two_antithetic_pairs(bench):
+    import numpy as np
+    from types import SimpleNamespace
+
+    x = np.random.default_rng(0).normal(size=(50, 8, 3))
+    assert bench.mc_excess(x, SimpleNamespace(antithetic=True)) > 0
+    assert bench.mc_excess(x[:, :7], SimpleNamespace(antithetic=True)) is None
+    assert bench.mc_excess(x[:, :1], SimpleNamespace(antithetic=False)) is None
