@@ -139,6 +139,7 @@ GRAPH_SAMPLER = {"solver": "pc", "solver_kw": {"snr": 0.3}, "grid": "uniform", "
 #: follow the guided score too), so the SMILES model keeps DDPM 50.
 SMILES_SAMPLER = {"solver": "ddpm", "grid": "uniform", "steps": 50}
 
+
 def _make_solver(spec: dict):
     from shared import solvers
 
@@ -224,7 +225,7 @@ def _side_job(cfg, plan: dict, scorer_tcfg, out_dir: str, threads: int, n_graph:
     and SMILES models (``plan``, as ``MoleculesTask.train_separately`` would in the main process:
     same seeds, same numbers) and the independent scorer, writes their weights to ``out_dir`` as
     safetensors (``predictor`` / ``smiles`` / ``scorer``), runs the SMILES section and the DES part.
-    Returns ``{"info", "scorer", "res", "seconds"}``."""
+    Returns ``{"info", "scorer", "res", "seconds", "cpu_seconds"}``."""
     from safetensors.torch import save_file
 
     from molecules.task import MoleculesTask
@@ -917,8 +918,9 @@ def _print_table(r: dict) -> None:
         print(f"| graph diffusion, {row['solver']}{kw} {row['grid']} {row['steps']} steps | {_fmt(row['validity'])} | "
               f"{_fmt(row['uniqueness'])} | {_fmt(row.get('novelty'))} | {_fmt(row['connectivity'])} | "
               f"{_fmt(row['valid_connected'])} | {row['wall_s_per_1000']:.1f} |")
-    sm = r.get("smiles_sampler", {"solver": "ddpm", "steps": ""})  # the GPU mode samples with DDPM
-    print(f"| SMILES diffusion (seed paper), {sm['solver']} {sm['steps']} steps | {_fmt(r['smiles_validity'])} | {_fmt(r['smiles_uniqueness'])} | "
+    sm = r.get("smiles_sampler")  # the GPU mode samples with DDPM and records no sampler
+    sm = f"{sm['solver']} {sm['grid']} {sm['steps']} steps" if sm else "ddpm"
+    print(f"| SMILES diffusion (seed paper), {sm} | {_fmt(r['smiles_validity'])} | {_fmt(r['smiles_uniqueness'])} | "
           f"{_fmt(r['smiles_novelty'])} | - | {_fmt(r['smiles_valid_connected'])} | {r['smiles_wall_s_per_1000']:.1f} |")
     for name in ("anchor_qm9_test", "anchor_null_marginals"):
         a = r[name]
