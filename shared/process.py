@@ -156,10 +156,15 @@ def _fast_path(fn):
     repeated (a ``[B]`` expand of a grid time, as in sampling): the value is computed by the same
     float64 code on one element, cached per process and returned expanded (read-only, stride 0);
     :func:`uniform_value` gives its Python float so hot loops can multiply by a float instead of
-    broadcasting a tensor. CUDA tensors take the plain path (reading the value would sync)."""
+    broadcasting a tensor. CUDA tensors take the plain path (reading the value would sync), and so
+    does code being traced by ``torch.compile``: the caches are keyed by tensor identity, which
+    dynamo would guard on, so a compiled training step recompiled at every step (each step's
+    ``t`` is a new tensor)."""
     name = fn.__name__
 
     def wrapper(self, t):
+        if torch.compiler.is_compiling():
+            return fn(self, t)
         e = _TIMES.get(id(t))
         if e is not None and e[0] is t and e[1] == t._version:
             return _cached(self, fn, name, e[2], t)  # a registered grid time: value known

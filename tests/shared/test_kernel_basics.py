@@ -321,6 +321,28 @@ def test_uniform_time_fast_path_is_exact(proc):
             assert torch.equal(getattr(proc, name)(t), fast)  # second call: memo hit
 
 
+def test_fast_path_is_skipped_under_torch_compile():
+    """The per-process caches are keyed by tensor identity; traced by dynamo they made a compiled
+    training step recompile for every new ``t`` (TrainConfig.compile was unusable). Under
+    ``torch.compile`` the coefficients take the plain path: one graph for every time value."""
+    import torch._dynamo
+
+    proc = P.CosineVP()
+
+    def coef(x, t):
+        return proc.alpha(t)[:, None] * x + proc.sigma(t)[:, None]
+
+    torch._dynamo.reset()
+    f = torch.compile(coef, backend="eager")
+    x = torch.ones(4, 3, dtype=torch.float64)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for v in (0.1, 0.35, 0.6, 0.85):  # uniform times (the cached case) and a fresh tensor each call
+            t = torch.full((4,), v, dtype=torch.float64)
+            want = coef(x, t.clone())
+            assert torch.allclose(f(x, t), want, rtol=0, atol=1e-15)
+    torch._dynamo.reset()
+
+
 def test_registered_times_give_the_tensor_value_and_respect_in_place_changes():
     proc = P.CosineVP()
     t = torch.tensor([0.3], dtype=torch.float64)
