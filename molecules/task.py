@@ -112,9 +112,10 @@ class MoleculeModel(nn.Module):
         return None
 
     @staticmethod
-    def space_for(node_mask: Tensor) -> MolGraphSpace:
-        """The packed-graph space for ``node_mask: [B, N]``."""
-        return MolGraphSpace(node_mask.bool(), K_ATOMS, C_BONDS)
+    def space_for(node_mask: Tensor, node_weight: float = 1.0) -> MolGraphSpace:
+        """The packed-graph space for ``node_mask: [B, N]`` (``node_weight``: an atom's loss
+        entries relative to an atom pair's in the space's mean; 1 = the plain mean)."""
+        return MolGraphSpace(node_mask.bool(), K_ATOMS, C_BONDS, node_weight=node_weight)
 
     @property
     def scaler(self) -> PropertyScaler:
@@ -141,8 +142,7 @@ class MoleculeModel(nn.Module):
         use = set(PARTS if parts is None else parts)
         X, E, nm = encode_dense(batch["atoms"], batch["bonds"], K_ATOMS, C_BONDS)
         x0 = pack(X, E)  # [B, N*K + N*N*C]
-        # node_weight only changes the space's mean, the loss reduction (1: the plain mean)
-        space = MolGraphSpace(nm.bool(), K_ATOMS, C_BONDS, node_weight=cfg.graph.node_weight)
+        space = self.space_for(nm, cfg.graph.node_weight)  # node_weight only changes the loss mean
         B, dev = x0.shape[0], x0.device
         loss = torch.zeros(B, device=dev)
         if "graph" in use:

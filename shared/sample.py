@@ -161,14 +161,11 @@ def invert(denoise: Callable[[Tensor, Tensor], Tensor], x0: Tensor, grid: Tensor
 
 
 def count_nfe(solver: Solver, steps: int, *, process: NoiseProcess | None = None) -> int:
-    """Model evaluations of ``steps`` steps of a grid ending at t = 0 (Heun's last step costs 1).
-    The predictor-corrector runs no corrector where sigma(t_next) = 0: pass ``process`` to check
-    that (a truncated schedule such as ``CosineVP`` still has sigma(0) > 0, so its last step is
-    corrected too); without it sigma(0) = 0 is assumed."""
-    n = solver.nfe_per_step * steps
-    name = getattr(solver, "name", "")
-    if name == "heun":
-        n -= 1
-    elif name == "pc" and (process is None or float(process.sigma(torch.zeros((), dtype=torch.float64))) == 0.0):
-        n -= solver.n_corrector
-    return n
+    """Model evaluations of ``steps`` steps of a grid ending at t = 0: full steps plus the
+    solver's :meth:`~shared.solvers.Solver.last_step_nfe` (Heun's last step is Euler; the
+    predictor-corrector runs no corrector where sigma(t_next) = 0, so pass ``process``: a
+    truncated schedule such as ``CosineVP`` has sigma(0) > 0 and corrects its last step too;
+    without it sigma(0) = 0 is assumed)."""
+    if steps < 1:
+        return 0
+    return solver.nfe_per_step * (steps - 1) + solver.last_step_nfe(process)

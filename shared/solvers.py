@@ -42,6 +42,11 @@ class Solver:
     def init_state(self, x: Tensor) -> Any:
         return ()
 
+    def last_step_nfe(self, process: NoiseProcess | None = None) -> int:
+        """Model evaluations of the final step of a grid (``t_next = 0``); ``process`` (None:
+        sigma(0) = 0 assumed) for solvers whose saving depends on sigma(0)."""
+        return self.nfe_per_step
+
     def step(self, denoise: DenoiseFn, x: Tensor, t: Tensor, t_next: Tensor, state: Any, *,
              process: NoiseProcess, space: Space, generator=None) -> tuple[Tensor, Any]:
         raise NotImplementedError
@@ -195,6 +200,9 @@ class Heun(Solver):
     name: str = "heun"
     nfe_per_step: int = 2
     order: int = 2
+
+    def last_step_nfe(self, process=None) -> int:
+        return 1  # Euler on the last step
 
     @property
     def deterministic(self):  # type: ignore[override]
@@ -396,6 +404,13 @@ class PredictorCorrector(Solver):
     @property
     def nfe_per_step(self):  # type: ignore[override]
         return 1 + self.n_corrector
+
+    def last_step_nfe(self, process=None) -> int:
+        # no corrector where sigma(t_next) = 0; a truncated schedule (CosineVP: sigma(0) > 0)
+        # corrects its last step too
+        if process is None or float(process.sigma(torch.zeros(1, dtype=torch.float64))[0]) == 0.0:
+            return 1
+        return self.nfe_per_step
 
     def step(self, denoise, x, t, t_next, state, *, process, space, generator=None):
         x, _ = EulerMaruyama().step(denoise, x, t, t_next, (), process=process, space=space,
