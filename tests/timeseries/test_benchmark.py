@@ -21,20 +21,29 @@ def test_default_run_settings_reach_the_right_model(bench):
     cin = bench.gpd_config(s, ("etth1",), in_domain=True)
     czs = bench.gpd_config(s, ("m4_hourly", "ili"))
     assert cin.model.norm_len == czs.model.norm_len == bench.NORM_LEN == 336
-    # the ETTh1 model's learning rate and dropout; the M4+ILI model keeps the preset's
+    # the ETTh1 model's learning rate and dropout; the M4+ILI model keeps the preset's, its twin
+    # that forecasts ETTh1 zero-shot takes ZERO_SHOT_LR (nothing else differs)
     assert (cin.train.lr, cin.model.dropout) == (bench.IN_DOMAIN_LR, bench.IN_DOMAIN_DROPOUT)
     assert (czs.train.lr, czs.model.dropout) == (1e-3, 0.0)
+    cett = bench.gpd_config(s, ("m4_hourly", "ili"), zero_shot_etth1=True)
+    assert cett.train.lr == bench.ZERO_SHOT_LR != 1e-3
+    assert bench.apply_overrides(cett, {"train.lr": 1e-3}) == czs
     assert cin.data.stride == 1 and czs.data.stride == 2
+    assert s["zs_scale_candidates"] == bench.ZS_SCALE_CANDIDATES
     # the quick run: same normalisation, preset learning rate and no dropout
     q = bench.settings(True, "cpu")
     cq = bench.gpd_config(q, ("etth1",), in_domain=True)
     assert (cq.model.norm_len, cq.train.lr, cq.model.dropout) == (336, 1e-3, 0.0)
+    assert "zs_lr" not in q and bench.gpd_config(q, ("m4_hourly", "ili"), zero_shot_etth1=True).train.lr == 1e-3
     # the GPU mode follows the CPU run
     g = bench.gpu_settings(120.0, True, "cpu")
     gin = bench.gpu_gpd_config(g, ("etth1",), True, 10.0)
     gzs = bench.gpu_gpd_config(g, ("m4_hourly", "ili"), False, 10.0)
     assert (gin.model.norm_len, gin.train.lr, gin.model.dropout) == (336, bench.IN_DOMAIN_LR, bench.IN_DOMAIN_DROPOUT)
     assert (gzs.model.norm_len, gzs.train.lr, gzs.model.dropout) == (336, g["gpd_lr"], g["dropout"])
+    gett = bench.gpu_gpd_config(g, ("m4_hourly", "ili"), False, 10.0, zero_shot_etth1=True)
+    assert gett.train.lr == bench.ZERO_SHOT_LR and bench.apply_overrides(gett, {"train.lr": g["gpd_lr"]}) == gzs
+    assert g["zs_scale_candidates"] == bench.ZS_SCALE_CANDIDATES
 
 
 def test_mc_excess_of_the_benchmark_needs_two_antithetic_pairs(bench):
