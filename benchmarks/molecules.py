@@ -1,11 +1,12 @@
 """QM9 benchmark of the molecules domain.
 
-    python benchmarks/molecules.py [--quick] --json PATH [--threads 1] [--jobs 2] [--only qm9|des]
+    python benchmarks/molecules.py [--quick] --json PATH [--threads 1] [--jobs 2] [--only qm9|des] [--no-compile]
     python benchmarks/molecules.py --preset gpu --json PATH [--budget 150] [--device cpu --smoke]
 
 Trains the graph diffusion model, the forward property model and the seed-paper SMILES diffusion
 model, each with its own optimizer (``MoleculesTask.train_separately``; the graph model gets
-:data:`GRAPH_STEPS`, the other two ``bench_config().train.steps``) on the vendored 20k QM9 sample,
+:data:`GRAPH_STEPS` at :data:`GRAPH_TRAIN`'s batch, compiled, the other two
+``bench_config().train.steps``) on the vendored 20k QM9 sample,
 then measures the list below. ``--jobs 2`` (default) uses the machine's two cores: the graph model
 trains and samples in the main process while a spawned second process trains the forward model,
 the SMILES model and the independent scorer, samples the SMILES model and runs the DES part
