@@ -333,15 +333,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--smoke", action="store_true",
                     help="GPU mode: tiny sizes (checks the code path on a CPU in about a minute)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
     if args.preset == "gpu":
         if (args.quick or args.steps is not None or args.graph_steps is not None or args.only is not None
                 or not args.compile):
             ap.error("--preset gpu takes neither --quick, --steps, --graph-steps, --only nor --no-compile "
                      "(it runs on a time budget)")
+        torch.set_num_threads(args.threads)
         return run_gpu(args)
     if args.smoke or args.budget is not None or args.device != "auto":
         ap.error("--smoke, --budget and --device belong to --preset gpu")
+    torch.set_num_threads(args.threads)
     t_all, c_all = time.perf_counter(), time.process_time()
     if args.only == "des":
         res = {"mode": "quick" if args.quick else "default", **_des(args.seed, args.quick)}
