@@ -2,6 +2,8 @@
 
 * ``gpu``-marked tests are skipped without CUDA.
 * Under pytest-xdist each worker gets an even share of the CPU threads (no oversubscription).
+* ``load_benchmark(name)`` imports ``benchmarks/<name>.py`` (named like the package it measures,
+  so it is loaded from its path under another module name).
 * ``toy_task`` registers a tiny fake domain ("toy": 2-D Gaussian mixture, MLP eps-model) through
   ``shared.registry.register`` so CLI / harness tests do not depend on the real domains.
 """
@@ -154,3 +156,20 @@ def toy_task():
 @pytest.fixture
 def toy_config_cls():
     return _toy_classes()[1]
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("molecules")``: the module ``benchmarks/molecules.py``, loaded from its path."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"{name}_benchmark", root / "benchmarks" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -1,19 +1,11 @@
 """The molecules benchmark's per-network training plan and its argument checks (fast: configs only)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("mol_bench", ROOT / "benchmarks" / "molecules.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(load_benchmark):
+    return load_benchmark("molecules")
 
 
 def test_default_plan_trains_the_graph_model_compiled_at_its_own_batch(bench):

@@ -1,19 +1,11 @@
 """The timeseries benchmark's model settings reach the right GPD model (fast: configs only)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("ts_bench", ROOT / "benchmarks" / "timeseries.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(load_benchmark):
+    return load_benchmark("timeseries")
 
 
 def test_default_run_settings_reach_the_right_model(bench):
