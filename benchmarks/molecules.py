@@ -37,7 +37,7 @@ the QM9-133k novelty reference, the DES part and the null-model anchor run meanw
 worker processes; the sampling sections run in order of importance and a section that would
 overrun the budget is skipped (its key says so). The samplers are the CPU run's (``GRAPH_SAMPLER``
 headline, ``GRAPH_GUIDANCE`` for the guided samples, which an independent forward model trained
-for the guiding one's time budget grades too). The JSON is rewritten after every section, so a run stopped from
+for up to the guiding one's time budget grades too). The JSON is rewritten after every section, so a run stopped from
 outside still leaves its figures. ``--device cpu --smoke`` runs the same code path with tiny
 sizes on a CPU in about a minute.
 
@@ -853,8 +853,11 @@ def _run_gpu_sections(args, res, dev, smoke, budget, left, log, save, section, j
     # guidance: a backward pass through the predictor and the denoiser at every step (~4x a plain step)
     if "graph" in rate and fits("graph_guided", "graph", len(pick), factor=4.0 * gspec["steps"] / steps, fixed=3.0):
         section("graph_guided", graph_guided)
-        # the scorer trains for (at most) the guiding forward model's time budget, plus scoring
-        if "guided_mols" in state and (smoke or left() > plan["predictor"].max_seconds + 20):
+        # the scorer trains for at most the guiding forward model's time budget (less where the
+        # budget is short, down to 60 % of it: the H200 run at --budget 290 had 32 s left here and
+        # skipped it; its own held-out R² is reported, so a shorter-trained scorer shows as such),
+        # plus ~15 s of scoring
+        if "guided_mols" in state and (smoke or left() > 0.6 * plan["predictor"].max_seconds + 15):
             section("graph_guided_independent", independent_scorer)
         elif "guided_mols" in state:
             res.setdefault("skipped", {})["graph_guided_independent"] = f"{left():.0f} s left in the budget"
