@@ -104,7 +104,8 @@ def bench_config(quick: bool):
 #: model, whose validity rose with steps in every run (graph only, 500 samples: 0.700 at 1000,
 #: 0.796 at 3000; whole benchmark, 1000 samples: 0.869 at 6500, 0.888 at 8000; graph only, 12000
 #: steps: 0.907 / 0.901 on two sampling seeds, Euler ancestral Karras 50), gets more of them than
-#: the other two. Serially (``--jobs 1``, one core) 10000 steps made the whole default run 1670 s
+#: the other two. The figures in this comment are for batch 64, eager (before GRAPH_TRAIN).
+#: Serially (``--jobs 1``, one core) 10000 steps made the whole default run 1670 s
 #: wall / 1660 CPU s (graph 696 s, SMILES 356 s, forward 227 s, independent scorer 142 s, guided
 #: graph sampling 63 s, headline PC sampling 69 s). With ``--jobs 2`` (default) the graph model
 #: trains alone in the main process while the other networks train in a second one. 12000 steps
