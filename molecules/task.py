@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -48,7 +49,7 @@ from .metrics import (descriptor_table, distribution_metrics, draw_grid, regress
 from .space import MolGraphSpace, decode_dense, encode_dense, pack, unpack
 
 __all__ = ["MoleculesTask", "MoleculeModel", "PARTS", "MoleculeSamples", "PropertyGuidance", "sample_graphs",
-           "sample_smiles", "predict_properties"]
+           "sample_smiles", "select_best", "predict_properties"]
 
 K_ATOMS, C_BONDS = len(ATOM_TYPES), len(BOND_ORDERS)
 #: The networks of a :class:`MoleculeModel` (attribute names), in training order.
@@ -200,6 +201,14 @@ class MoleculeSamples:
     def __len__(self) -> int:
         return len(self.mols)
 
+    def take(self, rows: Sequence[int]) -> "MoleculeSamples":
+        """The samples at ``rows`` (in that order)."""
+        rows = [int(r) for r in rows]
+        pick = lambda t: None if t is None else t[torch.as_tensor(rows, dtype=torch.long)]  # noqa: E731
+        return MoleculeSamples(self.kind, [self.mols[r] for r in rows], [self.smiles[r] for r in rows],
+                               [self.raw[r] for r in rows] if self.raw else [], pick(self.atoms), pick(self.bonds),
+                               pick(self.pred), pick(self.targets), self.names)
+
     def graphs(self) -> list:
         """PyG ``Data`` graphs of the valid molecules (None for invalid)."""
         from .data import mol_to_graph
@@ -250,6 +259,50 @@ def _targets_tensor(model: MoleculeModel, targets: Mapping[str, Any] | None, n: 
     return out
 
 
+def select_best(model: MoleculeModel, samples: MoleculeSamples, k: int) -> MoleculeSamples:
+    """Best-of-``k`` selection by the forward model ("self-criticism", as in STGG+,
+    Jolicoeur-Martineau et al. 2024): ``samples`` holds ``k`` candidates for each of ``n`` targets,
+    candidate ``j`` of target ``i`` at row ``i + j n`` (the order ``sample_graphs`` /
+    ``sample_smiles(..., best_of=k)`` draw them in). For each target keep the valid candidate whose
+    properties by ``model``'s forward model (``samples.pred``) are nearest its targets: squared
+    error summed over the targeted properties in the model's min-max scaled units, the first
+    candidate on ties; a target with no valid candidate keeps its first (invalid) one. Returns
+    ``n`` samples. The forward model that selects should not be the one that grades: score the
+    selected molecules with an independent model (``benchmarks/molecules.py`` does)."""
+    if k < 1 or len(samples) % k:
+        raise ValueError(f"best-of-k needs k >= 1 dividing the {len(samples)} samples, got k={k}")
+    if k == 1:
+        return samples
+    if samples.targets is None or samples.pred is None:
+        raise ValueError("best-of-k selection needs targeted samples with forward-model predictions "
+                         "(sample with targets / guidance and a model with a predictor)")
+    n = len(samples) // k
+    tgt = model.scaler.transform(samples.targets)
+    pred = model.scaler.transform(samples.pred)
+    known = torch.isfinite(tgt)
+    err = torch.where(known, (pred - torch.nan_to_num(tgt)) ** 2, torch.zeros_like(pred)).sum(-1)
+    ok = torch.tensor([m is not None for m in samples.mols]) & (torch.isfinite(pred) | ~known).all(-1)
+    err = torch.where(ok, err, torch.full_like(err, float("inf"))).reshape(k, n)
+    best = err.argmin(0)  # the first minimum: candidate 0 when none is valid
+    return samples.take((best * n + torch.arange(n)).tolist())
+
+
+def _tile(targets: Mapping[str, Any], n: int, k: int) -> dict:
+    """``targets`` (a number or ``[n]`` values per property) for ``k`` candidates per target."""
+    out = {}
+    for name, v in targets.items():
+        v = torch.as_tensor(v, dtype=torch.float64).reshape(-1)
+        out[name] = v if v.numel() == 1 else (v.repeat(k) if v.numel() == n else v)  # wrong sizes: _targets_tensor says so
+    return out
+
+
+def _check_best_of(best_of: int, generator) -> None:
+    if not isinstance(best_of, int) or best_of < 1:
+        raise ValueError(f"best_of must be an int >= 1, got {best_of!r}")
+    if best_of > 1 and isinstance(generator, (list, tuple)):
+        raise ValueError("best_of > 1 draws its own per-candidate generators: pass one torch.Generator, not a list")
+
+
 @torch.no_grad()
 def predict_properties(model: MoleculeModel, mols: Sequence, *, batch_size: int = 1024) -> Tensor:
     """Forward-model properties ``[n, P]`` (raw units) of RDKit molecules (NaN for None or for
@@ -294,12 +347,22 @@ def _decode_graphs(atoms: Tensor, bonds: Tensor) -> tuple[list, list]:
 
 def sample_graphs(model: MoleculeModel, n: int, *, solver, grid: Tensor, generator=None,
                   guidance: PropertyGuidance | None = None, batch_size: int = 500,
-                  progress: bool = False) -> MoleculeSamples:
+                  progress: bool = False, best_of: int = 1) -> MoleculeSamples:
     """Generate ``n`` molecular graphs with the graph model (unconditional, or predictor-guided
     toward ``guidance.targets``). Every sample has its own generator (derived from
-    ``generator``), so a sample does not depend on the batch it was drawn in."""
+    ``generator``), so a sample does not depend on the batch it was drawn in. ``best_of=k``
+    (guided only): draw ``k`` candidates per target and keep the one the forward model puts
+    nearest the target (:func:`select_best`); the first candidates are the ``best_of=1`` samples."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    _check_best_of(best_of, generator)
+    if best_of > 1:
+        if guidance is None:
+            raise ValueError("best_of > 1 selects by the distance to the targets: it needs guidance")
+        g = dataclasses.replace(guidance, targets=_tile(guidance.targets, n, best_of))
+        allc = sample_graphs(model, n * best_of, solver=solver, grid=grid, generator=generator, guidance=g,
+                             batch_size=batch_size, progress=progress)
+        return select_best(model, allc, best_of)
     model.eval()
     dev = model.prop_lo.device
     gens = _per_sample_generators(generator, n, dev)
@@ -372,15 +435,26 @@ def _smiles_denoiser(model: MoleculeModel, cond, uncond, scale: float):
 
 def sample_smiles(model: MoleculeModel, n: int, *, solver, grid: Tensor, targets: Mapping[str, Any] | None = None,
                   scale: float | None = None, generator=None, batch_size: int = 500,
-                  progress: bool = False) -> MoleculeSamples:
+                  progress: bool = False, best_of: int = 1) -> MoleculeSamples:
     """Seed-paper inverse design: generate ``n`` SMILES one-hot sequences, conditioned on the
     properties in ``targets`` (raw units; a number or ``[n]`` values per property; the other
     properties are dropped exactly as in CFG training) with classifier-free guidance ``scale``
-    (``shared.guidance.cfg``; default ``cfg.smiles.guidance_scale``; 1 = conditional only)."""
+    (``shared.guidance.cfg``; default ``cfg.smiles.guidance_scale``; 1 = conditional only).
+    ``best_of=k`` (with targets): ``k`` candidates per target, the one the forward model puts
+    nearest the target kept (:func:`select_best`; it needs a predictor)."""
     if model.smiles is None:
         raise ValueError("this model has no SMILES diffusion model (smiles.enabled=False)")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    _check_best_of(best_of, generator)
+    if best_of > 1:
+        if not targets:
+            raise ValueError("best_of > 1 selects by the distance to the targets: it needs targets")
+        if model.predictor is None:
+            raise ValueError("best_of > 1 selects with the forward model: this model has none (predictor.enabled)")
+        allc = sample_smiles(model, n * best_of, solver=solver, grid=grid, targets=_tile(targets, n, best_of),
+                             scale=scale, generator=generator, batch_size=batch_size, progress=progress)
+        return select_best(model, allc, best_of)
     model.eval()
     dev = model.prop_lo.device
     scale = model.cfg.smiles.guidance_scale if scale is None else scale
@@ -563,13 +637,14 @@ class MoleculesTask:
         return model.eval(), info
 
     def generate(self, model: MoleculeModel, n: int, *, solver, grid, guidance=None, generator=None,
-                 data: Splits | None = None) -> MoleculeSamples:
+                 data: Splits | None = None, best_of: int = 1) -> MoleculeSamples:
         """``n`` molecules from the graph model; ``guidance`` is None, a
         :class:`PropertyGuidance`, or a dict ``{property: value}`` (predictor guidance with the
-        default scale)."""
+        default scale); ``best_of``: candidates per guided sample (:func:`select_best`)."""
         if isinstance(guidance, Mapping):
             guidance = PropertyGuidance(dict(guidance))
-        return sample_graphs(model, n, solver=solver, grid=grid, generator=generator, guidance=guidance)
+        return sample_graphs(model, n, solver=solver, grid=grid, generator=generator, guidance=guidance,
+                             best_of=best_of)
 
     def evaluate(self, samples: MoleculeSamples, data: Splits) -> dict[str, float]:
         """Validity, uniqueness, novelty (vs training SMILES; ``novelty_qm9`` vs all 133k QM9

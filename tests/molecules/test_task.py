@@ -11,7 +11,7 @@ from shared import solvers
 from shared.checkpoint import CheckpointError
 from shared.training import Trainer
 
-from molecules.task import MoleculesTask, PropertyGuidance, sample_graphs, sample_smiles
+from molecules.task import MoleculeSamples, MoleculesTask, PropertyGuidance, sample_graphs, sample_smiles, select_best
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,63 @@ def test_conditional_smiles_and_guided_graphs(trained):
     # guidance changes the samples relative to unguided ones with the same noise
     su = task.generate(model, 4, solver=solvers.make("euler"), grid=g, generator=torch.Generator().manual_seed(0))
     assert not (torch.equal(su.atoms, sg.atoms) and torch.equal(su.bonds, sg.bonds)) or sg.pred is not None
+
+
+def test_select_best_picks_the_nearest_valid_candidate(trained):
+    """k = 3 candidates for n = 2 targets (candidate j of target i at row i + j n), hand-made
+    predictions: the valid candidate nearest its target wins, exact ties go to the first, an exact
+    but invalid one loses, and a target with no valid candidate keeps its first."""
+    task, cfg, data, model, _ = trained
+    P, j = len(model.property_names), model.property_names.index("gap")
+    tgt = torch.full((6, P), float("nan"), dtype=torch.float64)
+    tgt[:, j] = torch.tensor([0.2, 0.3] * 3)
+    pred = torch.zeros(6, P, dtype=torch.float64)  # untargeted properties do not count
+    pred[:, j] = torch.tensor([0.25, 0.3, 0.21, 0.5, 0.21, 0.3])
+    mols = ["m0", None, "m2", "m3", "m4", None]
+    s = MoleculeSamples("graph", mols, list(mols), [], None, None, pred, tgt, model.property_names)
+    b = select_best(model, s, 3)
+    assert b.mols == ["m2", "m3"] and b.smiles == ["m2", "m3"]  # target 0: rows 2 and 4 tie
+    assert torch.equal(b.pred, pred[[2, 3]]) and torch.equal(b.targets[:, j], tgt[[2, 3], j])
+    none = MoleculeSamples("graph", [None, None], [None, None], [], None, None, torch.full((2, P), float("nan"),
+                           dtype=torch.float64), tgt[[0, 2]], model.property_names)
+    assert select_best(model, none, 2).mols == [None]
+    assert select_best(model, s, 1) is s
+    with pytest.raises(ValueError, match="dividing the 6 samples"):
+        select_best(model, s, 4)
+    with pytest.raises(ValueError, match="targeted samples"):
+        select_best(model, MoleculeSamples("graph", mols, list(mols), [], None, None, pred, None, ()), 3)
+
+
+def test_best_of_keeps_one_of_its_candidates(trained):
+    task, cfg, data, model, _ = trained
+    g = _grid(model)
+    gap = data.extra["tables"][2].props[:3, 4]
+    guid = PropertyGuidance({"gap": gap}, scale=10.0)
+    best = sample_graphs(model, 3, solver=solvers.make("ddpm"), grid=g, guidance=guid, best_of=2,
+                         generator=torch.Generator().manual_seed(5))
+    cands = sample_graphs(model, 6, solver=solvers.make("ddpm"), grid=g,
+                          guidance=PropertyGuidance({"gap": gap.repeat(2)}, scale=10.0),
+                          generator=torch.Generator().manual_seed(5))
+    first = sample_graphs(model, 3, solver=solvers.make("ddpm"), grid=g, guidance=guid,
+                          generator=torch.Generator().manual_seed(5))
+    assert torch.equal(cands.atoms[:3], first.atoms) and torch.equal(cands.bonds[:3], first.bonds)
+    want = select_best(model, cands, 2)
+    assert len(best) == 3 and torch.equal(best.atoms, want.atoms) and torch.equal(best.bonds, want.bonds)
+    assert torch.allclose(best.targets[:, 4], gap.double())
+    for i in range(3):  # each kept sample is candidate 0 or 1 of its own target
+        assert any(torch.equal(best.atoms[i], cands.atoms[i + 3 * c]) for c in range(2))
+    ss = sample_smiles(model, 2, solver=solvers.make("ddim"), grid=g, targets={"gap": 0.25}, best_of=3,
+                       generator=torch.Generator().manual_seed(0))
+    assert len(ss) == 2 and len(ss.raw) == 2
+    with pytest.raises(ValueError, match="needs guidance"):
+        sample_graphs(model, 2, solver=solvers.make("ddpm"), grid=g, best_of=2)
+    with pytest.raises(ValueError, match="needs targets"):
+        sample_smiles(model, 2, solver=solvers.make("ddpm"), grid=g, best_of=2)
+    with pytest.raises(ValueError, match="best_of must be an int >= 1"):
+        sample_graphs(model, 2, solver=solvers.make("ddpm"), grid=g, guidance=guid, best_of=0)
+    with pytest.raises(ValueError, match="not a list"):
+        sample_graphs(model, 2, solver=solvers.make("ddpm"), grid=g, guidance=guid, best_of=2,
+                      generator=[torch.Generator() for _ in range(4)])
 
 
 def test_bad_inputs(trained, tmp_path):
