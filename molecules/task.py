@@ -20,9 +20,9 @@ the graph model, energy guidance through ``shared.guidance.energy``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -292,7 +292,9 @@ def _tile(targets: Mapping[str, Any], n: int, k: int) -> dict:
     out = {}
     for name, v in targets.items():
         v = torch.as_tensor(v, dtype=torch.float64).reshape(-1)
-        out[name] = v if v.numel() == 1 else (v.repeat(k) if v.numel() == n else v)  # wrong sizes: _targets_tensor says so
+        if v.numel() not in (1, n):
+            raise ValueError(f"target {name!r} must be a number or have n={n} values, got {v.numel()}")
+        out[name] = v if v.numel() == 1 else v.repeat(k)
     return out
 
 

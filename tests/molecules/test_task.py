@@ -147,6 +147,8 @@ def test_best_of_keeps_one_of_its_candidates(trained):
         sample_graphs(model, 2, solver=solvers.make("ddpm"), grid=g, best_of=2)
     with pytest.raises(ValueError, match="needs targets"):
         sample_smiles(model, 2, solver=solvers.make("ddpm"), grid=g, best_of=2)
+    with pytest.raises(ValueError, match="n=3 values"):
+        sample_smiles(model, 3, solver=solvers.make("ddim"), grid=g, targets={"gap": [0.1, 0.2]}, best_of=2)
     with pytest.raises(ValueError, match="best_of must be an int >= 1"):
         sample_graphs(model, 2, solver=solvers.make("ddpm"), grid=g, guidance=guid, best_of=0)
     with pytest.raises(ValueError, match="not a list"):
