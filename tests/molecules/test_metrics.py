@@ -109,3 +109,39 @@ def test_graph_statistics_on_known_graphs():
     assert s["overvalent_rate_by_class"][2] == 0.0 and s["overvalent_rate_by_class"][1] is None
     # 4 pairs of present atoms: (C,C) x3 in the first graph (one none, one single, one double), (F,O) double
     assert s["bond_class_freq"] == [0.25, 0.25, 0.5, 0.0]
+
+
+def test_tanimoto_kernel_ridge_exact_on_real_molecules(tmp_path):
+    """The kernel is RDKit's Tanimoto similarity of the same Morgan bits; the fit solves
+    (K + alpha I) w = y - mean exactly, so the training predictions are y - alpha w; a safetensors
+    round trip predicts identically; None gives NaN."""
+    import torch
+    from rdkit import DataStructs
+    from rdkit.Chem import rdFingerprintGenerator
+    from safetensors.torch import load_file, save_file
+
+    t = D.load_qm9(limit=120)
+    mols, y = t.mols[:100], t.props[:100, 4].numpy()
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
+    m = M.TanimotoKernelRidge(alpha=0.05).fit(mols, y)
+    x = torch.from_numpy(M.morgan_fingerprints(mols[:5])).double()
+    k = m._kernel(x, x)
+    for i in range(5):
+        for j in range(5):
+            want = DataStructs.TanimotoSimilarity(gen.GetFingerprint(mols[i]), gen.GetFingerprint(mols[j]))
+            assert float(k[i, j]) == pytest.approx(want, abs=1e-12)
+    np.testing.assert_allclose(m.predict(mols), y - 0.05 * m._w.numpy(), rtol=0, atol=1e-9)
+    save_file(m.state_dict(), str(tmp_path / "fp.safetensors"))
+    m2 = M.TanimotoKernelRidge.from_state_dict(load_file(str(tmp_path / "fp.safetensors")))
+    held = list(t.mols[100:]) + [None]
+    p1, p2 = m.predict(held), m2.predict(held)
+    assert np.isnan(p1[-1]) and np.isnan(p2[-1])
+    np.testing.assert_array_equal(p1, p2)
+    # held-out molecules are predicted better than their mean (a real, if small, model)
+    assert M.regression_metrics(t.props[100:, 4].numpy(), p1[:-1])["r2"] > 0
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        M.TanimotoKernelRidge(alpha=0)
+    with pytest.raises(RuntimeError, match="before fit"):
+        M.TanimotoKernelRidge().predict(mols)
+    with pytest.raises(ValueError, match="at least 2 valid"):
+        M.TanimotoKernelRidge().fit([mols[0], None], [0.1, 0.2])
