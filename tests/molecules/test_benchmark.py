@@ -43,3 +43,35 @@ def test_rejected_arguments_leave_torch_threads_alone(bench, tmp_path):
     with pytest.raises(SystemExit):
         bench.main(["--preset", "gpu", "--quick", "--threads", "1", "--json", str(tmp_path / "r.json")])
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("K, ks", [(4, ["1", "2", "4"]), (3, ["1", "2", "3"])])
+def test_best_of_section_grades_nested_candidate_sets(bench, K, ks):
+    """k = 1, 2, 4 (or .., K) from the same candidates: validity never falls with k (the sets are
+    nested), k = 1 is the first candidates, and every grader reports on every k."""
+    import torch
+
+    from molecules import data as D
+    from molecules.metrics import TanimotoKernelRidge
+    from molecules.task import MoleculeSamples, MoleculesTask, predict_properties
+
+    task = MoleculesTask()
+    cfg = task.config("tiny")
+    model = task.build(cfg)  # untrained: the section's bookkeeping, not its figures, is under test
+    t = D.load_qm9(limit=8 * K)
+    n = 8
+    mols = [None if i % 3 == 0 else m for i, m in enumerate(t.mols[: n * K])]
+    gap = torch.as_tensor(t.props[:n, 4])
+    tgt = torch.full((n * K, len(model.property_names)), float("nan"), dtype=torch.float64)
+    tgt[:, 4] = gap.repeat(K)
+    cands = MoleculeSamples("graph", mols, [None] * (n * K), [], None, None, predict_properties(model, mols), tgt,
+                            model.property_names)
+    fp = TanimotoKernelRidge().fit(t.mols, t.props[:, 4].numpy())
+    out = bench._best_of_section(model, model, cands, gap, 4, K, fp)
+    b = out["graph_guided_best_of"]
+    assert list(b) == ks and out["graph_guided_best_of_k"] == K
+    v = [b[k]["validity"] for k in ks]
+    assert v == sorted(v) and v[0] == sum(m is not None for m in mols[:n]) / n
+    for k in ks:
+        assert {"r2_gap", "r2_gap_independent", "r2_gap_fingerprint", "mae_gap_fingerprint", "n_scored"} <= set(b[k])
+    assert out["graph_guided_best_r2_gap_fingerprint"] == b[ks[-1]]["r2_gap_fingerprint"]
