@@ -3,24 +3,16 @@
 import csv
 
 import pytest
-import torch
-
-from shared.training import Trainer
 
 from molecules import design
-from molecules.task import MoleculesTask
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.set_num_threads(1)
-    task = MoleculesTask()
-    cfg = task.config("tiny")
-    data = task.load_data(cfg)
-    out = tmp_path_factory.mktemp("run")
-    model = task.train(cfg, task.build(cfg), data, Trainer(cfg.train, out, progress=False))
-    task.save(model, cfg, out / "final")
-    return out / "final"
+def ckpt(tiny_trained, tmp_path_factory):
+    task, cfg, _, model, _ = tiny_trained
+    path = tmp_path_factory.mktemp("design") / "final"
+    task.save(model, cfg, path)
+    return path
 
 
 @pytest.mark.parametrize("route", ["graph", "smiles"])

@@ -9,21 +9,13 @@ import torch
 from shared import grid as grids
 from shared import solvers
 from shared.checkpoint import CheckpointError
-from shared.training import Trainer
 
 from molecules.task import MoleculeSamples, MoleculesTask, PropertyGuidance, sample_graphs, sample_smiles, select_best
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    torch.set_num_threads(1)
-    task = MoleculesTask()
-    cfg = task.config("tiny")
-    data = task.load_data(cfg)
-    model = task.build(cfg)
-    out = tmp_path_factory.mktemp("run")
-    model = task.train(cfg, model, data, Trainer(cfg.train, out, progress=False))
-    return task, cfg, data, model, out
+def trained(tiny_trained):
+    return tiny_trained
 
 
 def _grid(model, steps=4):
