@@ -190,7 +190,10 @@ def default() -> MoleculesConfig:
         graph=GraphConfig(hidden=64, edge_hidden=32, layers=3, heads=4, simplex=True, valence_features=True,
                           self_condition=0.5),
         predictor=PredictorConfig(hidden=48, edge_hidden=24, layers=2, heads=4),
-        smiles=SmilesConfig(d_model=64, layers=2, heads=4, simplex=True),
+        # the seed paper's 1-D UNet, as in the benchmark: python -m molecules.train --preset default
+        # (256 samples, seed 0) gave SMILES validity 0.043 vs 0.008 for the former transformer
+        # (d_model 64, 2 layers), for 56 vs 53 s of training
+        smiles=SmilesConfig(heads=4, simplex=True, backbone="unet", unet_channels=(48, 96, 96)),
         train=TrainConfig(steps=400, batch_size=64, lr=3e-3, warmup_steps=30, lr_schedule="cosine",
                           ema_decay=0.99, log_every=50),
         sample_steps=50,
