@@ -244,7 +244,7 @@ def _independent_scorer(task, cfg, model, data, tcfg):
 def _fingerprint_scorer(data, j: int):
     """A third grader of another model family: Tanimoto kernel ridge on Morgan fingerprints
     (``molecules.metrics.TanimotoKernelRidge``, alpha 0.05) fitted to the training split's gaps
-    (property ``j``). Its errors are not those of the graph networks (no shared architecture or
+    (property ``j``). It shares only the training data with the graph networks (no architecture or
     gradient training), so a selection that exploits the GNNs' shared errors shows up here.
     Alpha 0.05 vs 0.01 / 0.2 made no difference on 4,000 training molecules (VALIDATION R2 0.843 /
     0.844 / 0.838); on all 16,000, 0.904 (the GNN scorer's held-out R2: 0.914). Returns (model, seconds)."""
