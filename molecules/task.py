@@ -49,7 +49,7 @@ from .metrics import (descriptor_table, distribution_metrics, draw_grid, regress
 from .space import MolGraphSpace, decode_dense, encode_dense, pack, unpack
 
 __all__ = ["MoleculesTask", "MoleculeModel", "PARTS", "MoleculeSamples", "PropertyGuidance", "sample_graphs",
-           "sample_smiles", "select_best", "predict_properties"]
+           "sample_smiles", "select_best", "best_rows", "predict_properties"]
 
 K_ATOMS, C_BONDS = len(ATOM_TYPES), len(BOND_ORDERS)
 #: The networks of a :class:`MoleculeModel` (attribute names), in training order.
@@ -269,14 +269,22 @@ def select_best(model: MoleculeModel, samples: MoleculeSamples, k: int) -> Molec
     candidate on ties; a target with no valid candidate keeps its first (invalid) one. Returns
     ``n`` samples. The forward model that selects should not be the one that grades: score the
     selected molecules with an independent model (``benchmarks/molecules.py`` does)."""
+    rows = best_rows(model, samples, k)
+    return samples if k == 1 else samples.take(rows)
+
+
+def best_rows(model: MoleculeModel, samples: MoleculeSamples, k: int) -> list[int]:
+    """The rows :func:`select_best` keeps (``n`` indices into ``samples``), so that values already
+    computed for every candidate (e.g. another model's predictions) can be indexed instead of
+    recomputed."""
     if k < 1 or len(samples) % k:
         raise ValueError(f"best-of-k needs k >= 1 dividing the {len(samples)} samples, got k={k}")
+    n = len(samples) // k
     if k == 1:
-        return samples
+        return list(range(n))
     if samples.targets is None or samples.pred is None:
         raise ValueError("best-of-k selection needs targeted samples with forward-model predictions "
                          "(sample with targets / guidance and a model with a predictor)")
-    n = len(samples) // k
     tgt = model.scaler.transform(samples.targets)
     pred = model.scaler.transform(samples.pred)
     known = torch.isfinite(tgt)
@@ -284,7 +292,7 @@ def select_best(model: MoleculeModel, samples: MoleculeSamples, k: int) -> Molec
     ok = torch.tensor([m is not None for m in samples.mols]) & (torch.isfinite(pred) | ~known).all(-1)
     err = torch.where(ok, err, torch.full_like(err, float("inf"))).reshape(k, n)
     best = err.argmin(0)  # the first minimum: candidate 0 when none is valid
-    return samples.take((best * n + torch.arange(n)).tolist())
+    return (best * n + torch.arange(n)).tolist()
 
 
 def _tile(targets: Mapping[str, Any], n: int, k: int) -> dict:

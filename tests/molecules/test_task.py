@@ -10,7 +10,8 @@ from shared import grid as grids
 from shared import solvers
 from shared.checkpoint import CheckpointError
 
-from molecules.task import MoleculeSamples, MoleculesTask, PropertyGuidance, sample_graphs, sample_smiles, select_best
+from molecules.task import (MoleculeSamples, MoleculesTask, PropertyGuidance, best_rows, sample_graphs, sample_smiles,
+                            select_best)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +104,7 @@ def test_select_best_picks_the_nearest_valid_candidate(trained):
     s = MoleculeSamples("graph", mols, list(mols), [], None, None, pred, tgt, model.property_names)
     b = select_best(model, s, 3)
     assert b.mols == ["m2", "m3"] and b.smiles == ["m2", "m3"]  # target 0: rows 2 and 4 tie
+    assert best_rows(model, s, 3) == [2, 3] and best_rows(model, s, 1) == list(range(6))
     assert torch.equal(b.pred, pred[[2, 3]]) and torch.equal(b.targets[:, j], tgt[[2, 3], j])
     none = MoleculeSamples("graph", [None, None], [None, None], [], None, None, torch.full((2, P), float("nan"),
                            dtype=torch.float64), tgt[[0, 2]], model.property_names)
