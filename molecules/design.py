@@ -1,13 +1,15 @@
 """Inverse design from a trained checkpoint: molecules for target properties, as a CSV.
 
     python -m molecules.design runs/mol/final --target gap=0.25 --n 100 --best-of 4 --out designs.csv
-    python -m molecules.design runs/mol/final --target gap=0.25 --target mu=2.0 --route smiles --out d.csv
+    python -m molecules.design runs/mol/final --target gap=0.25 --route smiles --best-of 32 --out d.csv
 
 ``--route graph`` (default): the graph model with predictor guidance (``PropertyGuidance``, DDPM on
 the uniform grid; the benchmark's scale 1000 and 150 steps by default), ``--best-of k`` candidates
 per molecule of which the forward model keeps the nearest (``molecules.task.select_best``).
 ``--route smiles``: the seed paper's SMILES diffusion with classifier-free guidance (``--scale``,
-default the checkpoint's ``smiles.guidance_scale``). Targets are in the QM9 file's units (gap in
+default the checkpoint's ``smiles.guidance_scale``); its samples are valid ~20 % of the time, so
+give it tens of candidates per molecule (the benchmark's 32: R² 0.87-0.89 on the gap by an
+independent network, against 0.5 for one draw). Targets are in the QM9 file's units (gap in
 Hartree; ``molecules.data.PROPERTY_UNITS``); properties not named are left free.
 
 Writes ``--out`` (CSV: ``smiles`` canonical, empty when invalid; ``valid``; ``target_<p>`` and
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="a target property in the data's units (repeatable), e.g. gap=0.25")
     ap.add_argument("--n", type=int, default=64, help="molecules to design")
     ap.add_argument("--route", choices=["graph", "smiles"], default="graph")
-    ap.add_argument("--best-of", type=int, default=1, help="candidates per molecule; the forward model keeps the nearest")
+    ap.add_argument("--best-of", type=int, default=1, help="candidates per molecule; the forward model keeps the nearest "
+                         "(graph route: 4; smiles route: ~32, its validity is ~0.2)")
     ap.add_argument("--scale", type=float, default=None,
                     help="guidance scale (graph: predictor guidance, default 1000; smiles: CFG, default the checkpoint's)")
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (graph default 150, smiles 50)")

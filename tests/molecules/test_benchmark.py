@@ -45,10 +45,9 @@ def test_rejected_arguments_leave_torch_threads_alone(bench, tmp_path):
     assert torch.get_num_threads() == before
 
 
-@pytest.mark.parametrize("K, ks", [(4, ["1", "2", "4"]), (3, ["1", "2", "3"])])
-def test_best_of_section_grades_nested_candidate_sets(bench, K, ks):
-    """k = 1, 2, 4 (or .., K) from the same candidates: validity never falls with k (the sets are
-    nested), k = 1 is the first candidates, and every grader reports on every k."""
+def _candidates(K: int, n: int = 8):
+    """An untrained tiny model (the sections' bookkeeping, not their figures, is under test), K
+    candidates for each of n gap targets (every third one invalid) and a fitted fingerprint model."""
     import torch
 
     from molecules import data as D
@@ -56,17 +55,23 @@ def test_best_of_section_grades_nested_candidate_sets(bench, K, ks):
     from molecules.task import MoleculeSamples, MoleculesTask, predict_properties
 
     task = MoleculesTask()
-    cfg = task.config("tiny")
-    model = task.build(cfg)  # untrained: the section's bookkeeping, not its figures, is under test
-    t = D.load_qm9(limit=8 * K)
-    n = 8
+    model = task.build(task.config("tiny"))
+    t = D.load_qm9(limit=n * K)
     mols = [None if i % 3 == 0 else m for i, m in enumerate(t.mols[: n * K])]
     gap = torch.as_tensor(t.props[:n, 4])
     tgt = torch.full((n * K, len(model.property_names)), float("nan"), dtype=torch.float64)
     tgt[:, 4] = gap.repeat(K)
     cands = MoleculeSamples("graph", mols, [None] * (n * K), [], None, None, predict_properties(model, mols), tgt,
                             model.property_names)
-    fp = TanimotoKernelRidge().fit(t.mols, t.props[:, 4].numpy())
+    return model, cands, gap, TanimotoKernelRidge().fit(t.mols, t.props[:, 4].numpy()), mols
+
+
+@pytest.mark.parametrize("K, ks", [(4, ["1", "2", "4"]), (3, ["1", "2", "3"])])
+def test_best_of_section_grades_nested_candidate_sets(bench, K, ks):
+    """k = 1, 2, 4 (or .., K) from the same candidates: validity never falls with k (the sets are
+    nested), k = 1 is the first candidates, and every grader reports on every k."""
+    model, cands, gap, fp, mols = _candidates(K)
+    n = len(gap)
     out = bench._best_of_section(model, model, cands, gap, 4, K, fp)
     b = out["graph_guided_best_of"]
     assert list(b) == ks and out["graph_guided_best_of_k"] == K
@@ -75,3 +80,19 @@ def test_best_of_section_grades_nested_candidate_sets(bench, K, ks):
     for k in ks:
         assert {"r2_gap", "r2_gap_independent", "r2_gap_fingerprint", "mae_gap_fingerprint", "n_scored"} <= set(b[k])
     assert out["graph_guided_best_r2_gap_fingerprint"] == b[ks[-1]]["r2_gap_fingerprint"]
+    assert out["graph_guided_r2_gap_independent"] == b["1"]["r2_gap_independent"]  # k = 1: the plain guided samples
+
+
+def test_smiles_design_keys_report_the_best_of_k_and_the_one_draw(bench):
+    """cond_* is the route's output (best of K, the forward model's grade first), cond_one_draw_*
+    the first candidates; a grader not given (None) leaves no key behind."""
+    model, cands, gap, fp, _ = _candidates(4)
+    out = bench._smiles_design_keys(model, None, cands, gap, 4, 4, fp)
+    b = out["cond_best_of"]
+    assert out["cond_best_of_k"] == 4 and list(b) == ["1", "2", "4"]
+    for key in ("r2_gap", "mae_gap", "validity", "n_scored", "r2_gap_fingerprint"):
+        assert out[f"cond_{key}"] == b["4"][key] and out[f"cond_one_draw_{key}"] == b["1"][key]
+    assert not any(k.endswith("_independent") for k in out) and "r2_gap_independent" not in b["4"]
+    one = bench._smiles_design_keys(model, model, cands.take(range(len(gap))), gap, 4, 1)
+    assert list(one["cond_best_of"]) == ["1"] and one["cond_r2_gap"] == one["cond_one_draw_r2_gap"]
+    assert "cond_r2_gap_independent" in one and "cond_r2_gap_fingerprint" not in one
