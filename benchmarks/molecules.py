@@ -22,9 +22,10 @@ serial ``--jobs 1`` run, whose numbers are the same.
   of held-out test molecules with CFG (gap given, the other 11 properties dropped):
   ``cond_r2_gap`` / ``cond_mae_gap`` between targets and the forward model's predictions of the
   generated molecules (valid ones), and the same for unconditional samples as the no-guidance
-  anchor; these ``cond_*`` keys are one CFG draw per target, and ``cond_best_*`` /
-  ``cond_best_of`` keep the best of :data:`SMILES_BEST_OF` CFG draws per target by the forward
-  model, graded like the graph route's best of k (below);
+  anchor. The route's output is the best of :data:`SMILES_BEST_OF` CFG draws per target, kept
+  by the forward model: ``cond_*`` (graded also by the independent graders below,
+  ``cond_*_independent`` / ``cond_*_fingerprint``); ``cond_one_draw_*`` is one draw per target,
+  and ``cond_best_of`` gives every k = 1, 2, .., SMILES_BEST_OF from the same draws;
 * graph model with predictor guidance toward the same gap targets (``graph_guided_*``: one
   candidate per target), and best of k of :data:`GRAPH_GUIDANCE`'s ``best_of`` candidates kept by
   the guide (``graph_guided_best_of``: k = 1, 2, .., best_of; ``graph_guided_best_*``), each graded
@@ -309,10 +310,10 @@ def _smiles_section(task, model, data, n_graph: int, pick, gap_t, seed: int, K: 
                     fingerprint=None) -> dict:
     """The seed paper's route (:data:`SMILES_SAMPLER`): unconditional SMILES validity, then CFG
     inverse design toward the gaps ``gap_t`` (and unconditional samples as its no-guidance
-    anchor), scored by ``model``'s forward model. ``K`` > 1: K CFG candidates per target, the
-    first of each scored as one draw (``cond_*``), and best of k = 1, 2, .., K kept by the forward
-    model (``cond_best_*``, :data:`SMILES_BEST_OF`), graded also by ``scorer`` and ``fingerprint``
-    (:func:`_best_of_section`). Returns the JSON keys."""
+    anchor), scored by ``model``'s forward model. ``K`` CFG candidates per target: the best of
+    them by the forward model (``cond_*``), the first of each as one draw (``cond_one_draw_*``),
+    graded also by ``scorer`` and ``fingerprint`` where given (:func:`_smiles_design_keys`).
+    Returns the JSON keys."""
     from molecules.metrics import regression_metrics
     from molecules.task import sample_smiles
     from shared import grid as grids
@@ -1161,6 +1162,7 @@ def _print_table(r: dict) -> None:
         print(f"\nnovelty vs all 133k QM9: {r['novelty_qm9']:.3f}")
     print("\n| inverse design, gap targets of held-out molecules | R² | MAE (Hartree) | validity | molecules scored |")
     print("|---|---|---|---|---|")
+
     def best_of_rows(cells: dict, what: str, selects: str) -> None:
         for k, b in cells.items():
             fp = "fingerprint model" if "r2_gap_fingerprint" in b else ""
