@@ -8,8 +8,8 @@ the uniform grid; the benchmark's scale 1000 and 150 steps by default), ``--best
 per molecule of which the forward model keeps the nearest (``molecules.task.select_best``).
 ``--route smiles``: the seed paper's SMILES diffusion with classifier-free guidance (``--scale``,
 default the checkpoint's ``smiles.guidance_scale``); its samples are valid ~20 % of the time, so
-give it tens of candidates per molecule (the benchmark's 32: R² 0.87-0.89 on the gap by an
-independent network, against 0.5 for one draw). Targets are in the QM9 file's units (gap in
+give it tens of candidates per molecule (the benchmark's 32: R² 0.83-0.87 on the gap by an
+independent network and 0.81-0.82 by a fingerprint model, against ~0.5 for one draw). Targets are in the QM9 file's units (gap in
 Hartree; ``molecules.data.PROPERTY_UNITS``); properties not named are left free.
 
 Writes ``--out`` (CSV: ``smiles`` canonical, empty when invalid; ``valid``; ``target_<p>`` and
