@@ -26,7 +26,6 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -59,16 +58,10 @@ def parse_targets(items: list[str], names) -> dict[str, float]:
     return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> dict:
     from shared import grid as grids
     from shared import solvers
+    from shared.checkpoint import atomic_write_text
 
     from .metrics import draw_grid, regression_metrics
     from .task import MoleculesTask, PropertyGuidance, sample_graphs, sample_smiles
@@ -130,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         w.writerow([s.smiles[i] or "", int(s.mols[i] is not None)] + [targets[p] for p in names]
                    + ["" if not math.isfinite(v) else f"{v:.6g}" for v in pred])
     out = Path(args.out)
-    _write_atomic(out, buf.getvalue())
+    atomic_write_text(out, buf.getvalue())  # fsync'ed temp file + os.replace
     summary: dict = {"route": args.route, "n": len(s), "best_of": args.best_of, "scale": scale, "steps": steps,
                      "validity": sum(m is not None for m in s.mols) / len(s), "csv": str(out)}
     for p, j in zip(names, idx):
