@@ -223,9 +223,13 @@ def mc_excess(smp: np.ndarray, fc) -> float | None:
 # are a small share, and the kernel's loss breaks the graph at every generator draw
 # (shared/loss.py, shared/spaces.py), at check_t (shared/process.py) and at the one-t test in
 # MLPDiffusionNet._temb. More steps would not help the zero-shot model anyway (6,000: worse).
-def train_gpd(cfg, log):
+def train_gpd(cfg, log, series=None):
+    """Train the GPD model of ``cfg`` on ``cfg.data.train_on`` (or on ``series``, 1-D arrays, when
+    given); returns ``(sampling model, wall seconds, CPU seconds)``."""
     t0, c0 = time.perf_counter(), time.process_time()
-    ds = WindowDataset(pretraining_series(cfg.data.train_on, lookback=cfg.data.lookback), window=cfg.model.window,
+    if series is None:
+        series = pretraining_series(cfg.data.train_on, lookback=cfg.data.lookback)
+    ds = WindowDataset(series, window=cfg.model.window,
                        norm_len=cfg.model.norm_len, stride=cfg.data.stride, max_per_series=cfg.data.max_per_series)
     model = GPDModel(cfg.model)
     tr = Trainer(cfg.train, None, progress=False)

@@ -22,6 +22,7 @@ def test_default_run_settings_reach_the_right_model(bench):
     assert bench.apply_overrides(cett, {"train.lr": 1e-3}) == czs
     assert cin.data.stride == 1 and czs.data.stride == 2
     assert s["zs_scale_candidates"] == bench.ZS_SCALE_CANDIDATES
+    assert s["zs_fc_steps"] == bench.gpu_settings(350.0, False, "cpu")["zs_fc_steps"] == bench.ZS_FC_STEPS == 30
     # the quick run: same normalisation, preset learning rate and no dropout
     q = bench.settings(True, "cpu")
     cq = bench.gpd_config(q, ("etth1",), in_domain=True)
@@ -46,3 +47,22 @@ def test_mc_excess_of_the_benchmark_needs_two_antithetic_pairs(bench):
     assert bench.mc_excess(x, SimpleNamespace(antithetic=True)) > 0
     assert bench.mc_excess(x[:, :7], SimpleNamespace(antithetic=True)) is None
     assert bench.mc_excess(x[:, :1], SimpleNamespace(antithetic=False)) is None
+
+
+def test_gaps_script_quick_run_writes_consistent_figures(load_benchmark, tmp_path):
+    """benchmarks/timeseries_gaps.py --quick: both parts run; the level / shape split adds up."""
+    import json
+    import math
+
+    gaps = load_benchmark("timeseries_gaps")
+    assert gaps.main(["--quick", "--json", str(tmp_path / "g.json")]) == 0
+    res = json.loads((tmp_path / "g.json").read_text())
+    for who in ("ours", "dlinear"):
+        r = res["etth1_val"][who]
+        assert math.isclose(r["level_mse"] + r["shape_mse"], r["mse"], rel_tol=1e-9)
+        assert 0 <= r["level_mse"] <= r["mse"] and len(r["mse_by_12_steps"]) == 8 and len(r["mse_by_channel"]) == 7
+    m4 = res["m4_tails"]
+    everything = m4["by_seasonal_naive_mase"]["sn_mase_below_inf"]
+    assert everything["series"] == m4["series"] == 12
+    assert math.isclose(everything["ours"], m4["ours_mase"], rel_tol=1e-6)
+    assert 0 <= m4["ours_better_on"] <= m4["series"]
