@@ -55,10 +55,10 @@ def test_gaps_script_quick_run_writes_consistent_figures(load_benchmark, tmp_pat
     import math
 
     gaps = load_benchmark("timeseries_gaps")
-    assert gaps.main(["--quick", "--json", str(tmp_path / "g.json")]) == 0
+    assert gaps.main(["--quick", "--dlinear-seeds", "2", "--json", str(tmp_path / "g.json")]) == 0
     res = json.loads((tmp_path / "g.json").read_text())
-    for who in ("ours", "dlinear"):
-        r = res["etth1_val"][who]
+    assert [r["seed"] for r in res["etth1_val"]["dlinear"]] == [0, 1]
+    for r in [res["etth1_val"]["ours"]] + res["etth1_val"]["dlinear"]:
         assert math.isclose(r["level_mse"] + r["shape_mse"], r["mse"], rel_tol=1e-9)
         assert 0 <= r["level_mse"] <= r["mse"] and len(r["mse_by_12_steps"]) == 8 and len(r["mse_by_channel"]) == 7
     m4 = res["m4_tails"]
