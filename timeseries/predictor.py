@@ -16,6 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from gluonts.model.estimator import Estimator
 from gluonts.model.forecast import SampleForecast
 from gluonts.model.predictor import Predictor
@@ -199,6 +200,9 @@ class GPDEstimator(Estimator):
         from shared.training import Trainer
 
         ds = self.windows(training_data)
+        # the weights are initialised from the config's seed (the Trainer seeds the rest of the
+        # run with it), not from whatever state earlier work left the global generator in
+        torch.manual_seed(self.config.train.seed)
         model = GPDModel(self.config.model)
         trainer = Trainer(self.config.train, self.out_dir, config_to_save=self.config,
                           meta={"domain": "timeseries"}, progress=self.progress)

@@ -84,3 +84,18 @@ def test_window_forecast_does_not_depend_on_the_dataset(trained):
     rev = list(pred.predict(ListDataset(entries[::-1], freq="h")))
     for a, b in zip(full, rev[::-1]):
         np.testing.assert_allclose(a.samples, b.samples, rtol=0, atol=1e-5)
+
+
+def test_two_trainings_with_one_seed_give_one_model():
+    """The estimator's weights do not depend on what used the global torch generator before
+    ``train`` (a notebook training twice gets the same model from the same config)."""
+    from timeseries.predictor import GPDEstimator
+
+    d = load_ltsf("etth1", lookback=96)
+    est = GPDEstimator(prediction_length=24, config=configs.tiny(), overrides=["train.steps=3"])
+    a = est.train(d.gluonts("train")).model.state_dict()
+    torch.randn(1000)  # anything else drawing from the global generator in between
+    b = est.train(d.gluonts("train")).model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
