@@ -138,10 +138,11 @@ def cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
     task = _task(args.domain)
     cfg = _config(task, args.preset, overrides, args.device)
     out = Path(args.out)
-    from .training import Trainer
+    from .training import Trainer, seed_all
 
     t0 = time.perf_counter()
     data = task.load_data(cfg)
+    seed_all(cfg.train.seed)  # the weights come from the config's seed, not from load_data's draws
     model = task.build(cfg)
     trainer = Trainer(cfg.train, out, config_to_save=cfg, meta={"domain": task.name, "preset": args.preset},
                       progress=None if not args.no_progress else False)

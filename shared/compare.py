@@ -281,7 +281,7 @@ def _progress(enabled: bool, **kw):
 
 def _train_or_load(task, cfg, cache_root: Path, preset: str, progress: bool, log) -> tuple[Any, Any, str]:
     """Cached model for this config (trained here if missing). Returns (model, cfg, where)."""
-    from .training import Trainer
+    from .training import Trainer, seed_all
 
     key_cfg = apply_overrides(cfg, ["train.device=auto"])  # the device does not change the model
     d = cache_root / f"{task.name}-{preset}-{config_hash(key_cfg)}"
@@ -294,6 +294,7 @@ def _train_or_load(task, cfg, cache_root: Path, preset: str, progress: bool, log
     log(f"[{task.name}] training preset {preset!r} ({cfg.train.steps} steps) -> {d}")
     t0 = time.perf_counter()
     data = task.load_data(cfg)
+    seed_all(cfg.train.seed)  # the weights do not depend on which domains trained before this one
     model = task.build(cfg)
     trainer = Trainer(cfg.train, d / "run", config_to_save=cfg, meta={"domain": task.name, "preset": preset},
                       progress=progress)

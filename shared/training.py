@@ -65,7 +65,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, TrainConfig, to_dict
 
-__all__ = ["Trainer", "LossFn", "lr_at", "ema_decay_at", "move_to_device", "derive_seed"]
+__all__ = ["Trainer", "LossFn", "lr_at", "ema_decay_at", "move_to_device", "derive_seed", "seed_all"]
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], Tensor]
 Callback = Callable[["Trainer", dict], None]
@@ -115,6 +115,15 @@ def derive_seed(*parts: int) -> int:
     ss = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts] + [len(parts)])
     lo, hi = (int(v) for v in ss.generate_state(2, dtype=np.uint32))
     return (lo | (hi << 32)) & (2**63 - 1)
+
+
+def seed_all(seed: int) -> None:
+    """Seed torch's, numpy's and Python's global generators with ``seed``: what
+    :meth:`Trainer.fit` does at the start of a fresh run, and what a caller does before building
+    the model, so that its weights do not depend on earlier work in the process."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def lr_at(step: int, cfg: TrainConfig, time_progress: float = 0.0) -> float:
@@ -402,9 +411,7 @@ class Trainer:
         if resume and self.checkpoint_dir is not None:
             start = self._resume(model, optimizer)
         else:
-            torch.manual_seed(cfg.seed)
-            np.random.seed(cfg.seed % 2**32)
-            random.seed(cfg.seed)
+            seed_all(cfg.seed)
         self.step = start
         self._stop = False
 

@@ -118,6 +118,32 @@ def test_cli_train_sample_evaluate(toy_task, tmp_path, capsys):
     assert e.value.code == 2
 
 
+def test_cli_train_weights_come_from_the_config_seed(toy_task, tmp_path, capsys, monkeypatch):
+    """Two `train` runs in one process give the same weights even when something drew from the
+    global generators in between and the domain's ``build`` does not seed (the harness seeds
+    with ``train.seed`` before it builds)."""
+    from safetensors.torch import load_file
+
+    seeded_build = toy_task.build
+
+    def unseeded_build(self, cfg):  # the toy model, initialised from whatever the global state is
+        with torch.random.fork_rng():
+            cls = type(seeded_build(self, cfg))
+        return cls(cfg.width)
+
+    monkeypatch.setattr(toy_task, "build", unseeded_build)
+    weights = []
+    for k in range(2):
+        torch.randn(100 + k)
+        out = tmp_path / f"run{k}"
+        assert main(["train", "toy", "--preset", "tiny", "--out", str(out), "--train.steps=3", "--no-progress"]) == 0
+        weights.append(load_file(str(out / "model" / "model.safetensors")))
+    capsys.readouterr()
+    assert weights[0].keys() == weights[1].keys()
+    for k in weights[0]:
+        torch.testing.assert_close(weights[0][k], weights[1][k], rtol=0, atol=0, msg=k)
+
+
 def test_console_script_runs():
     r = subprocess.run([sys.executable, "-m", "shared.cli", "domains"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "imaging" in r.stdout
