@@ -16,7 +16,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from gluonts.model.estimator import Estimator
 from gluonts.model.forecast import SampleForecast
 from gluonts.model.predictor import Predictor
@@ -197,12 +196,12 @@ class GPDEstimator(Estimator):
                              norm_len=mc.norm_len, stride=dc.stride, max_per_series=dc.max_per_series)
 
     def train(self, training_data, validation_data=None, **kwargs) -> GPDPredictor:
-        from shared.training import Trainer
+        from shared.training import Trainer, seed_all
 
         ds = self.windows(training_data)
         # the weights are initialised from the config's seed (the Trainer seeds the rest of the
-        # run with it), not from whatever state earlier work left the global generator in
-        torch.manual_seed(self.config.train.seed)
+        # run with it), not from whatever state earlier work left the global generators in
+        seed_all(self.config.train.seed)
         model = GPDModel(self.config.model)
         trainer = Trainer(self.config.train, self.out_dir, config_to_save=self.config,
                           meta={"domain": "timeseries"}, progress=self.progress)
