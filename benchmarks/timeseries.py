@@ -286,6 +286,23 @@ def select_scale_m4(model, cfg, m4_train, H, s, log, what):
     return best, scores
 
 
+def dlinear_forecast(ett, hist: np.ndarray, s: dict, device: str, H: int = 96, L: int = 336):
+    """gluonts DLinear trained on the ETTh1 training split (the CPU run's recipe: batch 64,
+    ``dlinear_epochs`` x 2 ``batches_per_epoch``), its mean forecast of the rows ``hist: [N, L]``
+    (100 samples) and the training / forecasting wall seconds."""
+    from gluonts.torch.model.d_linear import DLinearEstimator
+
+    t0 = time.perf_counter()
+    dl = DLinearEstimator(prediction_length=H, context_length=L, batch_size=64,
+                          num_batches_per_epoch=s["batches_per_epoch"] * 2,
+                          trainer_kwargs=_trainer_kwargs(s["dlinear_epochs"], device))
+    pred = dl.train(ett.gluonts("train"))
+    t_train = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    f = np.stack([x.mean for x in pred.predict(_entries(hist), num_samples=100)])
+    return f, t_train, time.perf_counter() - t0
+
+
 def _entries(hist: np.ndarray, freq: str = "h"):
     import pandas as pd
     from gluonts.dataset.common import ListDataset
@@ -433,17 +450,7 @@ def main(argv=None) -> int:
     res["gpd_zeroshot_forecast_seconds"], res["gpd_zeroshot_forecast_cpu_seconds"] = t_fc_zs, c_fc_zs
     log(f"  ours zero-shot: ETTh1 MSE {mz['mse']:.4f} MAE {mz['mae']:.4f}")
 
-    from gluonts.torch.model.d_linear import DLinearEstimator
-
-    t0 = time.perf_counter()
-    dl = DLinearEstimator(prediction_length=H, context_length=L, batch_size=64,
-                          num_batches_per_epoch=s["batches_per_epoch"] * 2,
-                          trainer_kwargs=_trainer_kwargs(s["dlinear_epochs"], device))
-    dlp = dl.train(ett.gluonts("train"))
-    t_dl_train = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    dlf = np.stack([f.mean for f in dlp.predict(_entries(hist), num_samples=100)])
-    t_dl_fc = time.perf_counter() - t0
+    dlf, t_dl_train, t_dl_fc = dlinear_forecast(ett, hist, s, device)
     res["dlinear_mse_h96"], res["dlinear_mae_h96"] = mse(dlf, fut), mae(dlf, fut)
     res["dlinear_train_seconds"] = t_dl_train
     rows.append(("gluonts DLinear (in-domain)", res["dlinear_mse_h96"], res["dlinear_mae_h96"], None, None,

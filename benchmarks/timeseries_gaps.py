@@ -57,8 +57,6 @@ def level_split(point: np.ndarray, hist: np.ndarray, fut: np.ndarray) -> dict:
 
 
 def etth1_part(s: dict, val_stride: int, dlinear_seeds: int, log) -> dict:
-    from gluonts.torch.model.d_linear import DLinearEstimator
-
     ett = load_ltsf("etth1", lookback=L)
     xv, yv = ltsf_windows(ett, "val", horizon=H, stride=val_stride)
     hist, fut = xv.reshape(-1, L), yv.reshape(-1, H)
@@ -75,11 +73,7 @@ def etth1_part(s: dict, val_stride: int, dlinear_seeds: int, log) -> dict:
     for k in range(dlinear_seeds):
         np.random.seed(s["seed"] + k)
         torch.manual_seed(s["seed"] + k)
-        dl = DLinearEstimator(prediction_length=H, context_length=L, batch_size=64,
-                              num_batches_per_epoch=s["batches_per_epoch"] * 2,
-                              trainer_kwargs=bench._trainer_kwargs(s["dlinear_epochs"], "cpu"))
-        pred = dl.train(ett.gluonts("train"))
-        dlf = np.stack([f.mean for f in pred.predict(bench._entries(hist), num_samples=100)])
+        dlf, _, _ = bench.dlinear_forecast(ett, hist, s, "cpu", H, L)
         out["dlinear"].append({"seed": s["seed"] + k, **level_split(dlf, hist, fut)})
         log(f"  ETTh1 val: DLinear (seed {s['seed'] + k}) {line(out['dlinear'][-1])}")
     return out
